@@ -1,0 +1,45 @@
+"""
+`HuggingFaceAPIGenerator` for Haystack 3: prompt in, text out, through TGI, OpenAI-compatible engines
+(vLLM, SGLang, llama.cpp, transformers serve), Inference Endpoints and Inference Providers.
+"""
+
+from ._config import HFGenerationAPIType, Timeout
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    GenerationError,
+    HuggingFaceAPIError,
+    IncompleteStreamError,
+    NotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+    ProviderResolutionError,
+    ResponseFormatError,
+    ServerError,
+    ValidationError,
+)
+from .generator import HuggingFaceAPIGenerator
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "GenerationError",
+    "HFGenerationAPIType",
+    "HuggingFaceAPIError",
+    "HuggingFaceAPIGenerator",
+    "IncompleteStreamError",
+    "NotFoundError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "ProviderResolutionError",
+    "ResponseFormatError",
+    "ServerError",
+    "Timeout",
+    "ValidationError",
+]

@@ -1,0 +1,272 @@
+"""
+Configuration checks: everything the user gives us is validated here, before any request.
+
+Errors are `ValueError` / `TypeError` whose message names the parameter. Nothing here mutates what
+the caller passed: values are copied into new, frozen objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
+class HFGenerationAPIType(Enum):
+    """The kind of Hugging Face API a generator talks to."""
+
+    #: A Text Generation Inference server you run (or any engine that speaks TGI or the OpenAI API).
+    TEXT_GENERATION_INFERENCE = "text_generation_inference"
+    #: A Hugging Face Inference Endpoint (TGI, vLLM, SGLang, llama.cpp ... behind one URL).
+    INFERENCE_ENDPOINTS = "inference_endpoints"
+    #: Hugging Face Inference Providers, addressed by model id (the former serverless Inference API).
+    SERVERLESS_INFERENCE_API = "serverless_inference_api"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @staticmethod
+    def from_str(string: str) -> HFGenerationAPIType:
+        """
+        Converts a string such as "text_generation_inference" to the enum member.
+
+        :raises ValueError: If the string names no API type; the message lists the valid ones.
+        """
+        try:
+            return HFGenerationAPIType(string)
+        except ValueError:
+            valid = ", ".join(repr(t.value) for t in HFGenerationAPIType)
+            raise ValueError(f"api_type must be one of {valid}, got {string!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    """
+    Connect and read timeouts, in seconds. Both are finite by default: a dead server fails fast, a slow
+    generation still has two minutes between two bytes.
+    """
+
+    connect: float = 10.0
+    read: float = 120.0
+
+    @staticmethod
+    def parse(value: Any) -> Timeout:
+        """Accepts a number (both timeouts), a dict with `connect` and/or `read`, or a `Timeout`."""
+        if isinstance(value, Timeout):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"connect", "read"}
+            if unknown:
+                raise ValueError(f"api_params['timeout'] accepts the keys 'connect' and 'read', got {sorted(unknown)}")
+            default = Timeout()
+            return Timeout(
+                connect=_positive_seconds(value.get("connect", default.connect), "api_params['timeout']['connect']"),
+                read=_positive_seconds(value.get("read", default.read), "api_params['timeout']['read']"),
+            )
+        seconds = _positive_seconds(value, "api_params['timeout']")
+        return Timeout(connect=seconds, read=seconds)
+
+
+def _positive_seconds(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+    return float(value)
+
+
+PROTOCOLS = ("auto", "tgi", "completions", "chat")
+
+# Keys that `api_params` may hold; anything else is a typo we report rather than ignore.
+_API_PARAM_KEYS = frozenset(
+    {"url", "model", "provider", "bill_to", "timeout", "headers", "protocol", "max_retries", "verify"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class APISettings:
+    """The validated `api_params`."""
+
+    api_type: HFGenerationAPIType
+    url: str | None
+    model: str | None
+    provider: str | None
+    bill_to: str | None
+    timeout: Timeout
+    headers: Mapping[str, str] = field(default_factory=dict)
+    protocol: str = "auto"
+    max_retries: int = 3
+    verify: bool = True
+
+
+def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISettings:
+    """
+    Validates `api_params` for the given API type.
+
+    :raises ValueError: If a required key is missing or a value is invalid; the message names the key.
+    :raises TypeError: If a value has the wrong type.
+    """
+    if not isinstance(api_params, Mapping):
+        raise TypeError(f"api_params must be a dict, got {type(api_params).__name__}")
+    unknown = set(api_params) - _API_PARAM_KEYS
+    if unknown:
+        raise ValueError(f"api_params has unknown keys {sorted(unknown)}; valid keys are {sorted(_API_PARAM_KEYS)}")
+
+    url = _optional_str(api_params, "url")
+    model = _optional_str(api_params, "model")
+    if api_type is HFGenerationAPIType.SERVERLESS_INFERENCE_API:
+        if not model:
+            raise ValueError("api_params['model'] is required for api_type 'serverless_inference_api'")
+        if "/" not in model.split(":", 1)[0]:
+            raise ValueError(f"api_params['model'] must be a Hub model id such as 'org/name', got {model!r}")
+    else:
+        if not url:
+            raise ValueError(f"api_params['url'] is required for api_type {api_type.value!r}")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"api_params['url'] must be an http(s) URL such as 'http://localhost:8080', got {url!r}")
+
+    headers = api_params.get("headers") or {}
+    valid_headers = isinstance(headers, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    )
+    if not valid_headers:
+        raise TypeError("api_params['headers'] must be a dict of strings to strings")
+
+    protocol = api_params.get("protocol", "auto")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"api_params['protocol'] must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    if protocol != "auto" and api_type is HFGenerationAPIType.SERVERLESS_INFERENCE_API:
+        raise ValueError("api_params['protocol'] applies to URL-based api types; serverless picks its own route")
+
+    max_retries = api_params.get("max_retries", 3)
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"api_params['max_retries'] must be an integer >= 0, got {max_retries!r}")
+
+    verify = api_params.get("verify", True)
+    if not isinstance(verify, bool):
+        raise TypeError(f"api_params['verify'] must be True or False, got {verify!r}")
+
+    timeout = api_params.get("timeout")
+    return APISettings(
+        api_type=api_type,
+        url=url,
+        model=model,
+        provider=_optional_str(api_params, "provider"),
+        bill_to=_optional_str(api_params, "bill_to"),
+        timeout=Timeout() if timeout is None else Timeout.parse(timeout),
+        headers=dict(headers),
+        protocol=protocol,
+        max_retries=max_retries,
+        verify=verify,
+    )
+
+
+def _optional_str(params: Mapping[str, Any], key: str) -> str | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"api_params[{key!r}] must be a string, got {type(value).__name__}")
+    return value.strip() or None
+
+
+# --- generation parameters -------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# Each of TGI's GenerateParameters (tgi_openapi.json) with the check its value must pass and the rule
+# as the error message states it. `stop_sequences` is Haystack 2.x's name for `stop`.
+_CHECKS: dict[str, tuple[Any, str]] = {
+    "max_new_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 means greedy decoding)"),
+    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "typical_p": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "frequency_penalty": (lambda v: _is_number(v) and -2 <= v <= 2, "a number in [-2, 2]"),
+    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "best_of": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "top_n_tokens": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "truncate": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "do_sample": (lambda v: isinstance(v, bool), "True or False"),
+    "details": (lambda v: isinstance(v, bool), "True or False"),
+    "decoder_input_details": (lambda v: isinstance(v, bool), "True or False"),
+    "return_full_text": (lambda v: isinstance(v, bool), "True or False"),
+    "watermark": (lambda v: isinstance(v, bool), "True or False"),
+    "grammar": (lambda v: isinstance(v, Mapping), "a dict such as {'type': 'json', 'value': {...}}"),
+    "adapter_id": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "stop": (lambda v: _is_stop_list(v), "a list of non-empty strings"),
+    "stop_sequences": (lambda v: _is_stop_list(v), "a list of non-empty strings"),
+}
+GENERATION_PARAMETERS = frozenset(_CHECKS)
+
+
+def _is_stop_list(value: Any) -> bool:
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and all(isinstance(word, str) and word for word in value)
+    )
+
+
+def check_generation_kwargs(kwargs: Any, name: str) -> dict[str, Any]:
+    """
+    Validates generation kwargs and returns a new dict without the `None` values (None = server default).
+
+    :param kwargs: The user's dict (not modified).
+    :param name: How the user knows the dict, for messages: "generation_kwargs".
+    :raises ValueError: For an unknown key or a value out of range.
+    :raises TypeError: If `kwargs` is not a dict.
+    """
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"{name} must be a dict, got {type(kwargs).__name__}")
+    checked: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key not in _CHECKS:
+            hint = " (use 'max_new_tokens')" if key == "max_tokens" else ""
+            raise ValueError(f"{name}[{key!r}] is not a known generation parameter{hint}; known: {sorted(_CHECKS)}")
+        if value is None:
+            continue
+        check, rule = _CHECKS[key]
+        if not check(value):
+            raise ValueError(f"{name}[{key!r}] must be {rule}, got {value!r}")
+        checked[key] = list(value) if key in ("stop", "stop_sequences") else value
+    return checked
+
+
+def check_stop_words(stop_words: Any) -> list[str] | None:
+    """Validates `stop_words`; returns a copy."""
+    if stop_words is None:
+        return None
+    if not _is_stop_list(stop_words):
+        raise ValueError(f"stop_words must be a list of non-empty strings, got {stop_words!r}")
+    return list(stop_words)
+
+
+def merge_stop_words(*groups: Sequence[str] | None) -> list[str]:
+    """Concatenates stop word lists in order, without duplicates."""
+    return list(dict.fromkeys(word for group in groups if group for word in group))
+
+
+def check_prompt(prompt: Any) -> str:
+    """Rejects a prompt that is not a non-empty string."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError("prompt must not be empty")
+    return prompt

@@ -1,0 +1,192 @@
+"""
+From parsed answers to the component's output: reply text and meta, for one-piece answers and streams.
+
+Sync and async runs share all of this; they differ only in how they read lines and call the callback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from haystack.dataclasses import ComponentInfo, StreamingChunk
+
+from ._protocols import Generation, Protocol, normalize_finish_reason
+from ._stop import StopWordFilter, cut_at_stop_words
+from .errors import IncompleteStreamError, ResponseFormatError, error_from_event
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One validated call: what to send and how to shape the reply."""
+
+    prompt: str
+    params: Mapping[str, Any]  # checked generation kwargs, without stop words and None values
+    stop_words: list[str]
+    return_full_text: bool
+
+
+def build_meta(
+    *,
+    model: str | None,
+    protocol: Protocol,
+    raw_finish_reason: str | None,
+    stopped_by_stop_word: bool,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+) -> dict[str, Any]:
+    """The meta dict of one reply. Token counts appear only when the server reported them."""
+    usage: dict[str, int] = {}
+    if prompt_tokens is not None:
+        usage["prompt_tokens"] = prompt_tokens
+    if completion_tokens is not None:
+        usage["completion_tokens"] = completion_tokens
+    if prompt_tokens is not None and completion_tokens is not None:
+        usage["total_tokens"] = prompt_tokens + completion_tokens
+    return {
+        "model": model,
+        # A stop word found client-side is a stop, whatever the server reported (it may have gone on).
+        "finish_reason": "stop" if stopped_by_stop_word else normalize_finish_reason(raw_finish_reason),
+        "server_finish_reason": raw_finish_reason,
+        "usage": usage,
+        "protocol": protocol.name,
+        "route": protocol.generate_path,
+    }
+
+
+def reply_from_generation(
+    generation: Generation, request: GenerationRequest, protocol: Protocol, model: str | None
+) -> tuple[str, dict[str, Any]]:
+    """Shapes a one-piece answer: stop words cut, prompt prepended on request, meta built."""
+    text, stopped = cut_at_stop_words(generation.text, request.stop_words)
+    meta = build_meta(
+        model=generation.model or model,
+        protocol=protocol,
+        raw_finish_reason=generation.finish_reason,
+        stopped_by_stop_word=stopped,
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=generation.completion_tokens,
+    )
+    return (request.prompt + text if request.return_full_text else text), meta
+
+
+class StreamState:
+    """
+    Follows one streamed answer: parses events, trims stop words, builds the chunks for the callback
+    and, at the end, the reply and its meta.
+
+    The reply is exactly the concatenation of the chunks' content. `done` tells the reader to stop
+    reading (final event seen, or a stop word found: the server may still be generating).
+    """
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        protocol: Protocol,
+        model: str | None,
+        component_info: ComponentInfo,
+        where: str,
+    ) -> None:
+        self._request = request
+        self._protocol = protocol
+        self._model = model
+        self._component_info = component_info
+        self._where = where
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets a failed attempt (only ever called when nothing was delivered)."""
+        self._filter = StopWordFilter(self._request.stop_words)
+        self._pieces: list[str] = []
+        self._raw_finish_reason: str | None = None
+        self._prompt_tokens: int | None = None
+        self._completion_tokens: int | None = None
+        self._server_model: str | None = None
+        self._started_at: str | None = None
+        self.complete = False
+        self.done = False
+
+    @property
+    def delivered(self) -> str:
+        """The text handed out in chunks so far."""
+        return "".join(self._pieces)
+
+    def on_event(self, data: str) -> StreamingChunk | None:
+        """Takes the data of one event; returns a chunk to deliver, if the event released text."""
+        if data == "[DONE]":
+            self.done = True
+            return None
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            raise ResponseFormatError(f"{self._where} sent a stream event that is not JSON: {data[:200]!r}") from None
+        if not isinstance(payload, Mapping):
+            raise ResponseFormatError(f"{self._where} sent a stream event that is not an object: {data[:200]!r}")
+        if payload.get("error"):
+            raise error_from_event(payload, self._where)
+        event = self._protocol.parse_event(payload)
+        self._record(event)
+        text = self._filter.feed(event.text) if event.text else ""
+        if self._filter.stopped:
+            self.complete = self.done = True
+        return self._chunk(text) if text else None
+
+    def _record(self, event: Generation) -> None:
+        if event.finish_reason:
+            self._raw_finish_reason = event.finish_reason
+            self.complete = True
+        if event.final:
+            self.complete = self.done = True
+        if event.prompt_tokens is not None:
+            self._prompt_tokens = event.prompt_tokens
+        if event.completion_tokens is not None:
+            self._completion_tokens = event.completion_tokens
+        if event.model:
+            self._server_model = event.model
+        if self._started_at is None and event.text:
+            self._started_at = datetime.now(UTC).isoformat()
+
+    def _chunk(self, text: str, finish_reason: Any = None, meta: dict[str, Any] | None = None) -> StreamingChunk:
+        start = not self._pieces
+        if start and self._request.return_full_text:
+            text = self._request.prompt + text
+        self._pieces.append(text)
+        return StreamingChunk(
+            content=text,
+            meta=meta if meta is not None else {"model": self._server_model or self._model},
+            component_info=self._component_info,
+            index=0,
+            start=start,
+            finish_reason=finish_reason,
+        )
+
+    def final_chunk(self) -> StreamingChunk:
+        """
+        The last chunk, carrying the finish reason and the reply's meta.
+
+        :raises IncompleteStreamError: If the stream ended before its final event.
+        """
+        if not self.complete:
+            error = IncompleteStreamError(
+                f"{self._where}: the stream ended before its final event; the reply is incomplete"
+            )
+            error.delivered_text = self.delivered
+            raise error
+        meta = self.meta()
+        return self._chunk(self._filter.flush(), finish_reason=meta["finish_reason"], meta=meta)
+
+    def meta(self) -> dict[str, Any]:
+        """The reply's meta as known so far."""
+        meta = build_meta(
+            model=self._server_model or self._model,
+            protocol=self._protocol,
+            raw_finish_reason=self._raw_finish_reason,
+            stopped_by_stop_word=self._filter.stopped,
+            prompt_tokens=self._prompt_tokens,
+            completion_tokens=self._completion_tokens,
+        )
+        meta["completion_start_time"] = self._started_at
+        return meta

@@ -1,0 +1,205 @@
+"""
+Which server, route and protocol a generator uses, decided once (at `warm_up()` or the first run).
+
+The decisions are written as generators that yield the GET requests they need (`Probe`) and receive
+the answers (`ProbeAnswer`), so the same logic runs under `run` and `run_async`: the generator
+component drives them with its sync or async transport.
+
+- URL-based api types: TGI's native routes when `GET /info` answers like TGI; otherwise the
+  OpenAI-compatible `/v1/completions` (with `/v1/chat/completions` as a fallback, confirmed by the
+  first request), naming the model that `GET /v1/models` lists.
+- Serverless: the model's Inference Provider mapping from the Hub picks a provider and a route on
+  the router.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+from urllib.parse import quote
+
+from ._config import APISettings
+from ._protocols import ChatProtocol, CompletionsProtocol, Protocol, TGIProtocol
+from .errors import APIStatusError, ProviderResolutionError
+
+DEFAULT_HUB_URL = "https://huggingface.co"
+DEFAULT_ROUTER_URL = "https://router.huggingface.co"
+
+
+def hub_url() -> str:
+    """The Hub's base URL: `HF_ENDPOINT`, as huggingface_hub reads it, or huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_HUB_URL).rstrip("/")
+
+
+def router_url() -> str:
+    """The Inference Providers router: `HF_ROUTER_URL` or router.huggingface.co."""
+    return (os.environ.get("HF_ROUTER_URL") or DEFAULT_ROUTER_URL).rstrip("/")
+
+
+def server_base_url(url: str) -> str:
+    """The server's root: the configured URL without a trailing `/` or `/v1`."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A GET request that a decision needs."""
+
+    target: Literal["server", "hub"]
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAnswer:
+    """The answer: status and decoded JSON (None when not JSON); `error` for error statuses."""
+
+    status: int
+    payload: Any = None
+    error: APIStatusError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where and how generation requests go."""
+
+    base_url: str
+    protocol: Protocol
+    #: The model name for meta (the server's, when it told us).
+    model: str | None
+    #: TGI's limits from /info, checked before sending.
+    max_stop_sequences: int | None = None
+    max_total_tokens: int | None = None
+    #: Tried once if the first request finds no route (404/405): completions → chat.
+    fallback: Protocol | None = None
+
+    def confirmed(self) -> Route:
+        """This route, known to work: no fallback any more."""
+        return self if self.fallback is None else replace(self, fallback=None)
+
+    def fallen_back(self) -> Route:
+        """The fallback route."""
+        assert self.fallback is not None
+        return replace(self, protocol=self.fallback, fallback=None)
+
+
+Resolution = Generator[Probe, ProbeAnswer, Route]
+
+
+def _looks_like_tgi(answer: ProbeAnswer) -> bool:
+    info = answer.payload
+    return answer.status == 200 and isinstance(info, Mapping) and "model_id" in info and "max_total_tokens" in info
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def resolve_url_route(settings: APISettings) -> Resolution:
+    """Decides the protocol for `text_generation_inference` and `inference_endpoints`."""
+    assert settings.url is not None
+    base_url = server_base_url(settings.url)
+    requested = settings.protocol
+    if requested in ("auto", "tgi"):
+        answer = yield Probe("server", "/info")
+        if _looks_like_tgi(answer) or requested == "tgi":
+            info = answer.payload if _looks_like_tgi(answer) else {}
+            return Route(
+                base_url,
+                TGIProtocol(settings.model or info.get("model_id")),
+                model=settings.model or info.get("model_id") or settings.url,
+                max_stop_sequences=_int(info.get("max_stop_sequences")),
+                max_total_tokens=_int(info.get("max_total_tokens")),
+            )
+    model = settings.model
+    if model is None:
+        # vLLM refuses any model name but the one it serves; transformers serve needs one at all.
+        answer = yield Probe("server", "/v1/models")
+        data = answer.payload.get("data") if isinstance(answer.payload, Mapping) else None
+        if isinstance(data, list) and data and isinstance(data[0], Mapping) and isinstance(data[0].get("id"), str):
+            model = data[0]["id"]
+    if requested == "chat":
+        return Route(base_url, ChatProtocol(model), model=model or settings.url)
+    return Route(
+        base_url,
+        CompletionsProtocol(model),
+        model=model or settings.url,
+        fallback=ChatProtocol(model) if requested == "auto" else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderMapping:
+    """One entry of a model's `inferenceProviderMapping` on the Hub."""
+
+    provider: str
+    provider_id: str
+    status: str
+    task: str
+
+
+def parse_provider_mappings(payload: Any) -> list[ProviderMapping]:
+    """Reads the mapping in the Hub's current form (a list) and its former one (a dict keyed by provider)."""
+    raw = payload.get("inferenceProviderMapping") if isinstance(payload, Mapping) else None
+    if isinstance(raw, Mapping):
+        raw = [{"provider": name, **entry} for name, entry in raw.items() if isinstance(entry, Mapping)]
+    if not isinstance(raw, list):
+        return []
+    return [
+        ProviderMapping(
+            provider=str(entry.get("provider")),
+            provider_id=str(entry.get("providerId") or ""),
+            status=str(entry.get("status") or ""),
+            task=str(entry.get("task") or ""),
+        )
+        for entry in raw
+        if isinstance(entry, Mapping) and entry.get("provider")
+    ]
+
+
+def resolve_provider_route(settings: APISettings, has_token: bool) -> Resolution:
+    """Picks an Inference Provider and route for `serverless_inference_api`."""
+    assert settings.model is not None
+    model, _, suffix = settings.model.partition(":")
+    wanted = settings.provider or suffix or "auto"
+    if not has_token:
+        raise ProviderResolutionError(
+            f"Inference Providers need a Hugging Face token to run {model!r}: set HF_TOKEN (or HF_API_TOKEN), "
+            "or pass token=Secret.from_env_var('YOUR_VAR')"
+        )
+    answer = yield Probe("hub", f"/api/models/{quote(model, safe='/')}?expand[]=inferenceProviderMapping")
+    if answer.status == 404:
+        raise ProviderResolutionError(f"Model {model!r} was not found on the Hub ({hub_url()}); check the model id")
+    if answer.error is not None:
+        raise answer.error
+    mappings = parse_provider_mappings(answer.payload)
+    listing = ", ".join(f"{m.provider} ({m.task}, {m.status})" for m in mappings) or "none"
+    if wanted != "auto":
+        candidates = [m for m in mappings if m.provider == wanted]
+        if not candidates:
+            raise ProviderResolutionError(
+                f"Provider {wanted!r} does not serve {model!r}; providers for it: {listing}. "
+                "Set api_params['provider'] to one of them, or to 'auto'"
+            )
+    else:
+        candidates = [m for m in mappings if m.status == "live"]
+        if not candidates:
+            raise ProviderResolutionError(
+                f"No live Inference Provider serves {model!r} (providers: {listing}). Pick another model, "
+                "or deploy it on an Inference Endpoint and use api_type='inference_endpoints'"
+            )
+    base_url = router_url()
+    for mapping in candidates:
+        if mapping.task == "text-generation":
+            if mapping.provider == "hf-inference":
+                path = f"/hf-inference/models/{quote(model, safe='/')}"
+                protocol: Protocol = TGIProtocol(model, generate_path=path, stream_path=path, stream_in_body=True)
+            else:
+                protocol = CompletionsProtocol(mapping.provider_id or model, f"/{mapping.provider}/v1/completions")
+            return Route(base_url, protocol, model=model)
+    for mapping in candidates:
+        if mapping.task == "conversational":
+            return Route(base_url, ChatProtocol(f"{model}:{mapping.provider}"), model=model)
+    raise ProviderResolutionError(f"No provider serves {model!r} for text generation or chat (providers: {listing})")

@@ -1,0 +1,285 @@
+"""
+HTTP: one keep-alive connection pool per generator (and per event loop for async), timeouts, size
+limits, and the translation of httpx's exceptions into ours. One attempt per call: retries live in
+`_retry`, protocols in `_protocols`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ._config import Timeout
+from .errors import (
+    APIConnectionError,
+    APITimeoutError,
+    HuggingFaceAPIError,
+    ResponseFormatError,
+    error_from_response,
+)
+
+#: A one-piece answer larger than this is refused rather than held in memory.
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
+# Where a token picked up from HF_TOKEN / HF_API_TOKEN may go: Hugging Face's own hosts.
+_HF_DOMAINS = ("huggingface.co", "hf.space", "huggingface.cloud")
+
+
+def is_hugging_face_url(url: str) -> bool:
+    """True for huggingface.co, *.hf.space, *.huggingface.cloud and the Hub and router named by env vars."""
+    host = (urlsplit(url).hostname or "").lower()
+    if any(host == domain or host.endswith("." + domain) for domain in _HF_DOMAINS):
+        return True
+    # Pointing HF_ENDPOINT / HF_ROUTER_URL at a host is the user saying that host is their Hugging Face.
+    configured = (os.environ.get("HF_ENDPOINT"), os.environ.get("HF_ROUTER_URL"))
+    return any(value and (urlsplit(value).hostname or "").lower() == host for value in configured)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds (it may be a number of seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _translate(error: httpx.HTTPError, where: str) -> HuggingFaceAPIError:
+    """httpx's exceptions as ours, with a message that says what failed (never a header value)."""
+    if isinstance(error, httpx.TimeoutException):
+        kind = "connecting" if isinstance(error, httpx.ConnectTimeout) else "waiting for the server"
+        return APITimeoutError(f"{where} timed out while {kind} (see api_params['timeout'])")
+    if isinstance(error, httpx.ConnectError):
+        return APIConnectionError(f"{where} could not connect: {error}")
+    if isinstance(error, httpx.DecodingError):
+        return ResponseFormatError(f"{where} returned a body that could not be decoded: {error}")
+    return APIConnectionError(f"{where} failed: the connection broke ({type(error).__name__}: {error})")
+
+
+class HTTPTransport:
+    """
+    Sends requests to one base URL.
+
+    Thread-safe: `httpx.Client` is, and it is created once under a lock. An `httpx.AsyncClient` is
+    bound to the event loop it was created in, so one is kept per running loop.
+    """
+
+    def __init__(self, base_url: str, headers: Mapping[str, str], timeout: Timeout, verify: bool) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = dict(headers)
+        self._timeout = httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.read, pool=None)
+        self._verify = verify
+        # Generous: 64 requests in flight is a normal batch; TGI's own default cap is 128.
+        self._limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+        self._aclient: httpx.AsyncClient | None = None
+        self._aclient_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"HTTPTransport(base_url={self.base_url!r})"
+
+    # --- clients -------------------------------------------------------------------------------
+
+    def _sync_client(self) -> httpx.Client:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = httpx.Client(
+                        base_url=self.base_url,
+                        headers=self._headers,
+                        timeout=self._timeout,
+                        verify=self._verify,
+                        limits=self._limits,
+                    )
+                client = self._client
+        return client
+
+    def _async_client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aclient_loop is not loop:
+            self._aclient = httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=self._headers,
+                timeout=self._timeout,
+                verify=self._verify,
+                limits=self._limits,
+            )
+            self._aclient_loop = loop
+        return self._aclient
+
+    def close(self) -> None:
+        """Closes the sync pool, and the async pool if its loop is gone or not running."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+        loop = self._aclient_loop
+        if self._aclient is not None and (loop is None or loop.is_closed() or not loop.is_running()):
+            if loop is not None and not loop.is_closed():
+                loop.run_until_complete(self._aclient.aclose())
+            self._aclient, self._aclient_loop = None, None
+
+    async def aclose(self) -> None:
+        """Closes both pools (the async one only from its own loop)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+        if self._aclient is not None and self._aclient_loop is asyncio.get_running_loop():
+            await self._aclient.aclose()
+            self._aclient, self._aclient_loop = None, None
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _where(self, method: str, path: str) -> str:
+        return f"{method} {self.base_url}{path}"
+
+    def _build(self, client: httpx.Client | httpx.AsyncClient, method: str, path: str, body: Any) -> httpx.Request:
+        if body is None:
+            return client.build_request(method, path)
+        content = json.dumps(body, ensure_ascii=False).encode()
+        return client.build_request(method, path, content=content, headers={"content-type": "application/json"})
+
+    @staticmethod
+    def _check_size(response: httpx.Response, where: str, received: int) -> None:
+        declared = response.headers.get("content-length")
+        if max(received, int(declared) if declared and declared.isdigit() else 0) > MAX_RESPONSE_BYTES:
+            raise ResponseFormatError(f"{where} returned more than {MAX_RESPONSE_BYTES} bytes; refused")
+
+    def _error(self, response: httpx.Response, body: bytes, where: str) -> HuggingFaceAPIError:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return error_from_response(response.status_code, body, retry_after, where)
+
+    @staticmethod
+    def _decode(body: bytes, where: str) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ResponseFormatError(f"{where} returned invalid JSON: {body[:200]!r}") from None
+
+    def request_json(self, method: str, path: str, body: Any = None) -> tuple[Any, httpx.Headers]:
+        """
+        Sends one request and returns the decoded JSON answer and its headers.
+
+        :raises APIStatusError: (a subclass) when the server answers with an error status.
+        """
+        where = self._where(method, path)
+        client = self._sync_client()
+        try:
+            response = client.send(self._build(client, method, path, body), stream=True)
+            try:
+                self._check_size(response, where, 0)
+                chunks = []
+                received = 0
+                for chunk in response.iter_bytes():
+                    received += len(chunk)
+                    self._check_size(response, where, received)
+                    chunks.append(chunk)
+            finally:
+                response.close()
+        except httpx.HTTPError as error:
+            raise _translate(error, where) from None
+        content = b"".join(chunks)
+        if response.status_code >= 400:
+            raise self._error(response, content, where)
+        return self._decode(content, where), response.headers
+
+    async def arequest_json(self, method: str, path: str, body: Any = None) -> tuple[Any, httpx.Headers]:
+        """The async twin of `request_json`."""
+        where = self._where(method, path)
+        client = self._async_client()
+        try:
+            response = await client.send(self._build(client, method, path, body), stream=True)
+            try:
+                self._check_size(response, where, 0)
+                chunks = []
+                received = 0
+                async for chunk in response.aiter_bytes():
+                    received += len(chunk)
+                    self._check_size(response, where, received)
+                    chunks.append(chunk)
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as error:
+            raise _translate(error, where) from None
+        content = b"".join(chunks)
+        if response.status_code >= 400:
+            raise self._error(response, content, where)
+        return self._decode(content, where), response.headers
+
+    @contextmanager
+    def stream_lines(self, path: str, body: Any) -> Iterator[Iterator[str]]:
+        """
+        POSTs `body` and yields an iterator over the lines of the streamed answer.
+
+        Closing the context closes the response, which stops a server still generating.
+        """
+        where = self._where("POST", path)
+        client = self._sync_client()
+        try:
+            response = client.send(self._build(client, "POST", path, body), stream=True)
+        except httpx.HTTPError as error:
+            raise _translate(error, where) from None
+        try:
+            if response.status_code >= 400:
+                try:
+                    content = response.read()
+                except httpx.HTTPError as error:
+                    raise _translate(error, where) from None
+                raise self._error(response, content, where)
+            yield self._lines(response, where)
+        finally:
+            response.close()
+
+    @staticmethod
+    def _lines(response: httpx.Response, where: str) -> Iterator[str]:
+        try:
+            yield from response.iter_lines()
+        except httpx.HTTPError as error:
+            raise _translate(error, where) from None
+
+    @asynccontextmanager
+    async def astream_lines(self, path: str, body: Any) -> AsyncIterator[AsyncIterator[str]]:
+        """The async twin of `stream_lines`."""
+        where = self._where("POST", path)
+        client = self._async_client()
+        try:
+            response = await client.send(self._build(client, "POST", path, body), stream=True)
+        except httpx.HTTPError as error:
+            raise _translate(error, where) from None
+        try:
+            if response.status_code >= 400:
+                try:
+                    content = await response.aread()
+                except httpx.HTTPError as error:
+                    raise _translate(error, where) from None
+                raise self._error(response, content, where)
+            yield self._alines(response, where)
+        finally:
+            await response.aclose()
+
+    @staticmethod
+    async def _alines(response: httpx.Response, where: str) -> AsyncIterator[str]:
+        try:
+            async for line in response.aiter_lines():
+                yield line
+        except httpx.HTTPError as error:
+            raise _translate(error, where) from None

@@ -1,0 +1,215 @@
+"""
+Exceptions raised by `HuggingFaceAPIGenerator` while talking to a server.
+
+Bad configuration or bad input is reported before any request, as `ValueError` or `TypeError` naming
+the parameter. Everything that goes wrong on the wire is one of these::
+
+    HuggingFaceAPIError                 base class: catch this to catch them all
+    ├── APIConnectionError              the server could not be reached, or the connection broke
+    │   └── APITimeoutError             connect or read timeout
+    ├── APIStatusError                  the server answered with an error (HTTP status or in-stream event)
+    │   ├── BadRequestError             400, 413, 415 and other 4xx not listed below
+    │   │   └── PayloadTooLargeError    413
+    │   ├── AuthenticationError         401, 403
+    │   ├── NotFoundError               404: unknown route or model
+    │   ├── ValidationError             422, or TGI error_type "validation"
+    │   ├── GenerationError             424, or TGI error_type "generation" / "incomplete_generation"
+    │   ├── OverloadedError             429, or TGI error_type "overloaded"
+    │   └── ServerError                 5xx
+    ├── ResponseFormatError             the answer did not follow the protocol (bad JSON, bad SSE)
+    ├── IncompleteStreamError           a stream ended before its final event
+    └── ProviderResolutionError         serverless: no usable Inference Provider for the model
+
+Every error carries `status_code` (when there was one), `server_message` (what the server said),
+`error_type` (TGI's field, when present), `retry_after` (seconds, from the `Retry-After` header) and
+`delivered_text`: the text already handed to the streaming callback before the failure, so a caller
+knows exactly what a partial stream contained. A failure is never returned as a reply.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "GenerationError",
+    "HuggingFaceAPIError",
+    "IncompleteStreamError",
+    "NotFoundError",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "ProviderResolutionError",
+    "ResponseFormatError",
+    "ServerError",
+    "ValidationError",
+]
+
+
+class HuggingFaceAPIError(Exception):
+    """Base class of every error raised while generating through a Hugging Face API or compatible server."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        server_message: str | None = None,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.server_message = server_message
+        self.error_type = error_type
+        self.retry_after = retry_after
+        self.delivered_text = ""
+
+    def __str__(self) -> str:
+        if not self.delivered_text:
+            return self.message
+        return f"{self.message} ({len(self.delivered_text)} characters had already reached the streaming callback)"
+
+
+class APIConnectionError(HuggingFaceAPIError):
+    """The server could not be reached (refused, DNS failure) or the connection broke mid-response."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The connect or read timeout passed (see `api_params["timeout"]`)."""
+
+
+class APIStatusError(HuggingFaceAPIError):
+    """The server answered with an error, as an HTTP status or as an error event inside a stream."""
+
+
+class BadRequestError(APIStatusError):
+    """The server refused the request as malformed (4xx not covered by a more precise class)."""
+
+
+class PayloadTooLargeError(BadRequestError):
+    """HTTP 413: the request body is over the server's limit (TGI: 2 MB)."""
+
+
+class AuthenticationError(APIStatusError):
+    """HTTP 401 or 403: the token is missing, wrong, or lacks permission."""
+
+
+class NotFoundError(APIStatusError):
+    """HTTP 404: the route or the model does not exist on that server."""
+
+
+class ValidationError(APIStatusError):
+    """The server rejected the parameters or the input (HTTP 422 or TGI error_type "validation")."""
+
+
+class GenerationError(APIStatusError):
+    """The model failed while generating (HTTP 424 or TGI error_type "generation")."""
+
+
+class OverloadedError(APIStatusError):
+    """The server is over capacity (HTTP 429 or TGI error_type "overloaded"); retried automatically."""
+
+
+class ServerError(APIStatusError):
+    """HTTP 5xx: the server failed; retried automatically."""
+
+
+class ResponseFormatError(HuggingFaceAPIError):
+    """The server's answer did not follow the protocol: invalid JSON, a missing field, a malformed event."""
+
+
+class IncompleteStreamError(HuggingFaceAPIError):
+    """The stream ended before the event that marks a complete generation."""
+
+
+class ProviderResolutionError(HuggingFaceAPIError):
+    """No Inference Provider could serve the model (unknown model, no live provider, missing token)."""
+
+
+# TGI names the failure in `error_type`; it is more precise than the HTTP status, and it is all there is
+# for errors sent as events inside a stream (whose HTTP status is 200).
+_ERROR_TYPES: dict[str, type[APIStatusError]] = {
+    "validation": ValidationError,
+    "overloaded": OverloadedError,
+    "generation": GenerationError,
+    "incomplete_generation": GenerationError,
+}
+
+
+def _class_for_status(status: int) -> type[APIStatusError]:
+    if status in (401, 403):
+        return AuthenticationError
+    if status == 404:
+        return NotFoundError
+    if status == 413:
+        return PayloadTooLargeError
+    if status == 422:
+        return ValidationError
+    if status == 424:
+        return GenerationError
+    if status == 429:
+        return OverloadedError
+    if status >= 500:
+        return ServerError
+    return BadRequestError
+
+
+def _server_message(payload: Any) -> tuple[str | None, str | None]:
+    """Extracts (message, error_type) from the error bodies of TGI, OpenAI-compatible servers and the Hub."""
+    if not isinstance(payload, Mapping):
+        return None, None
+    error = payload.get("error")
+    error_type = payload.get("error_type")
+    if isinstance(error, Mapping):  # OpenAI style: {"error": {"message": ..., "type": ...}}
+        message = error.get("message")
+        error_type = error_type or error.get("type")
+    elif error is not None:
+        message = error
+    else:  # FastAPI style: {"detail": ...}
+        message = payload.get("detail") or payload.get("message")
+    return (None if message is None else str(message)), (None if error_type is None else str(error_type))
+
+
+def error_from_response(status: int, body: bytes, retry_after: float | None, where: str) -> APIStatusError:
+    """
+    Builds the exception for an HTTP error response.
+
+    :param status: The HTTP status code.
+    :param body: The raw response body (JSON or plain text).
+    :param retry_after: Seconds from the `Retry-After` header, if any.
+    :param where: What was requested, for the message (method and path, never a token).
+    """
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        message, error_type = _server_message(json.loads(text))
+    except ValueError:
+        message, error_type = None, None
+    if message is None:
+        message = text[:2000] or None
+    cls = _ERROR_TYPES.get(error_type or "") or _class_for_status(status)
+    summary = f"{where} failed with HTTP {status}" + (f": {message}" if message else "")
+    return cls(summary, status_code=status, server_message=message, error_type=error_type, retry_after=retry_after)
+
+
+def error_from_event(payload: Mapping[str, Any], where: str) -> APIStatusError:
+    """
+    Builds the exception for an error event inside a stream (TGI answers 200 and then sends the error).
+
+    :param payload: The decoded event.
+    :param where: What was requested, for the message.
+    """
+    message, error_type = _server_message(payload)
+    cls = _ERROR_TYPES.get(error_type or "", GenerationError)
+    return cls(
+        f"{where} reported an error in its stream: {message}",
+        status_code=200,
+        server_message=message,
+        error_type=error_type,
+    )
