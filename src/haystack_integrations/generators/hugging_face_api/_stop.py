@@ -12,17 +12,25 @@ from collections.abc import Sequence
 
 
 def find_stop(text: str, stop_words: Sequence[str]) -> int:
-    """Returns the index of the earliest occurrence of any stop word in `text`, or -1."""
-    earliest = -1
+    """
+    Returns where the reply ends because of a stop word, or -1.
+
+    Generation stops at the stop word that is *completed* first, as a server checks after each token,
+    so the winner is the occurrence that ends earliest (then the longest); the reply ends at its start.
+    """
+    best_end = best_start = -1
     for word in stop_words:
-        index = text.find(word)
-        if index != -1 and (earliest == -1 or index < earliest):
-            earliest = index
-    return earliest
+        start = text.find(word)
+        if start == -1:
+            continue
+        end = start + len(word)
+        if best_end == -1 or end < best_end or (end == best_end and start < best_start):
+            best_end, best_start = end, start
+    return best_start
 
 
 def cut_at_stop_words(text: str, stop_words: Sequence[str]) -> tuple[str, bool]:
-    """Returns `text` cut before its first stop word, and whether a stop word was found."""
+    """Returns `text` cut before the first completed stop word, and whether one was found."""
     index = find_stop(text, stop_words)
     return (text, False) if index == -1 else (text[:index], True)
 
