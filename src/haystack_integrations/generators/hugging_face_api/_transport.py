@@ -37,12 +37,13 @@ _HF_DOMAINS = ("huggingface.co", "hf.space", "huggingface.cloud")
 
 def is_hugging_face_url(url: str) -> bool:
     """True for huggingface.co, *.hf.space, *.huggingface.cloud and the Hub and router named by env vars."""
-    host = (urlsplit(url).hostname or "").lower()
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
     if any(host == domain or host.endswith("." + domain) for domain in _HF_DOMAINS):
         return True
-    # Pointing HF_ENDPOINT / HF_ROUTER_URL at a host is the user saying that host is their Hugging Face.
+    # Pointing HF_ENDPOINT / HF_ROUTER_URL somewhere is the user saying that server is their Hugging Face.
     configured = (os.environ.get("HF_ENDPOINT"), os.environ.get("HF_ROUTER_URL"))
-    return any(value and (urlsplit(value).hostname or "").lower() == host for value in configured)
+    return any(value and urlsplit(value)[:2] == parts[:2] for value in configured)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets everything up, then runs the whole check: lint, types, and every test (the real local model included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HAYSTACK_TELEMETRY_ENABLED=False
+echo "== ruff"; .venv/bin/ruff check src tests benchmarks
+echo "== ruff format"; .venv/bin/ruff format --check src tests benchmarks
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"; .venv/bin/python -m pytest "$@"
