@@ -73,7 +73,7 @@ def test_batch_records_failures_and_resume_retries_only_them(tgi: FakeTGI, tmp_p
     prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_prompts(prompts, 10)
     for _ in range(3):
-        tgi.faults.put(Fault.status(422, body={"error": "Input validation error", "error_type": "validation"}))
+        tgi.faults.append(Fault.status(422, body={"error": "Input validation error", "error_type": "validation"}))
     args = ["--batch", str(prompts), "--output", str(output), "--url", tgi.url, "--concurrency", "1", "--no-progress"]
     assert main(args) == 1
     first = read_output(output)

@@ -1,0 +1,91 @@
+"""Concurrency and resources: one pool per generator, shared by many tasks and threads, released on close."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from haystack_integrations.generators.hugging_face_api import HuggingFaceAPIGenerator
+from tests.fakes import FakeTGI
+
+TEXT = "Natural Language Processing is a field."
+CONCURRENT = 200
+
+
+def client_connections(server_port: int) -> int:
+    """Open TCP connections from this machine to the server's port, read from the kernel's table."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        path = Path(table)
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            state = fields[3]
+            if remote_port == server_port and state == "01":  # ESTABLISHED, client side
+                count += 1
+    return count
+
+
+def wait_for(condition: object, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+async def test_200_concurrent_run_async_share_one_pool_and_release_it() -> None:
+    with FakeTGI(token_delay=0.01) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        baseline = client_connections(port)
+        generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": server.url})
+        results = await asyncio.gather(*(generator.run_async(f"prompt {i}") for i in range(CONCURRENT)))
+        assert [r["replies"] for r in results] == [[TEXT]] * CONCURRENT
+        first_wave = client_connections(port) - baseline
+        assert 1 <= first_wave <= CONCURRENT
+
+        # A second wave reuses the pool instead of opening as many new connections again.
+        results = await asyncio.gather(*(generator.run_async(f"again {i}") for i in range(CONCURRENT)))
+        assert all(r["replies"] == [TEXT] for r in results)
+        assert client_connections(port) - baseline <= max(first_wave, 64) + 8
+        assert len(generator._transports) == 1
+
+        await generator.aclose()
+        assert wait_for(lambda: client_connections(port) <= baseline)
+
+
+def test_run_is_safe_from_many_threads_and_close_releases_sockets() -> None:
+    with FakeTGI() as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        baseline = client_connections(port)
+        with HuggingFaceAPIGenerator("text_generation_inference", {"url": server.url}) as generator:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                replies = list(pool.map(lambda i: generator.run(f"p{i}")["replies"][0], range(100)))
+            assert replies == [TEXT] * 100
+            assert [r.path for r in server.requests].count("/info") == 1
+            assert client_connections(port) - baseline <= 16
+        gc.collect()
+        assert wait_for(lambda: client_connections(port) <= baseline)
+
+
+def test_generator_reconnects_after_close() -> None:
+    with FakeTGI() as server:
+        generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": server.url})
+        assert generator.run("a")["replies"] == [TEXT]
+        generator.close()
+        assert generator.run("b")["replies"] == [TEXT]
+        generator.close()
+
+
+def test_run_async_from_successive_event_loops() -> None:
+    # AsyncPipeline users call asyncio.run repeatedly; a client bound to a closed loop must not be reused.
+    with FakeTGI() as server:
+        generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": server.url})
+        for _ in range(3):
+            assert asyncio.run(generator.run_async("q"))["replies"] == [TEXT]

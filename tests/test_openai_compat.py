@@ -1,0 +1,148 @@
+"""Protocol detection and OpenAI-compatible engines (vLLM-like, chat-only, transformers-serve-like)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from haystack.dataclasses import StreamingChunk
+
+from haystack_integrations.generators.hugging_face_api import HuggingFaceAPIGenerator, NotFoundError
+from tests.fakes import FakeOpenAI, FakeTGI
+
+TEXT = "Natural Language Processing is a field."
+PROMPT = "What's Natural Language Processing?"
+
+
+def make(url: str, **kwargs: Any) -> HuggingFaceAPIGenerator:
+    api_params = {"url": url, "max_retries": 0, **kwargs.pop("api_params", {})}
+    return HuggingFaceAPIGenerator(api_type="inference_endpoints", api_params=api_params, **kwargs)
+
+
+def posts(server: Any) -> list[Any]:
+    return [r for r in server.requests if r.method == "POST"]
+
+
+def test_auto_picks_completions_with_the_served_model_name(openai_server: FakeOpenAI) -> None:
+    result = make(openai_server.url).run(PROMPT)
+    assert result["replies"] == [TEXT]
+    request = posts(openai_server)[0]
+    assert request.path == "/v1/completions"
+    assert request.json["model"] == openai_server.model_id
+    assert request.json["prompt"] == PROMPT
+    assert request.json["max_tokens"] == 512
+    meta = result["meta"][0]
+    assert meta["protocol"] == "completions"
+    assert meta["route"] == "/v1/completions"
+    assert meta["finish_reason"] == "stop"
+    assert meta["usage"]["prompt_tokens"] == len(PROMPT.split())
+    assert meta["usage"]["total_tokens"] == meta["usage"]["prompt_tokens"] + meta["usage"]["completion_tokens"]
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/"])
+def test_url_with_or_without_v1(openai_server: FakeOpenAI, suffix: str) -> None:
+    assert make(openai_server.url + suffix).run(PROMPT)["replies"] == [TEXT]
+
+
+def test_auto_picks_tgi_native_routes_when_info_answers_like_tgi(tgi: FakeTGI) -> None:
+    result = make(tgi.url).run(PROMPT)
+    assert result["meta"][0]["protocol"] == "tgi"
+    assert posts(tgi)[0].path == "/generate"
+
+
+def test_forced_completions_protocol_on_tgi(tgi: FakeTGI) -> None:
+    result = make(tgi.url, api_params={"protocol": "completions"}).run(PROMPT)
+    assert result["meta"][0]["protocol"] == "completions"
+
+
+def test_chat_only_server_falls_back_to_chat_and_remembers() -> None:
+    with FakeOpenAI(routes={"chat"}) as server:
+        generator = make(server.url)
+        first = generator.run(PROMPT)
+        second = generator.run(PROMPT)
+    assert first["replies"] == second["replies"] == [TEXT]
+    assert first["meta"][0]["protocol"] == "chat"
+    paths = [r.path for r in posts(server)]
+    assert paths == ["/v1/completions", "/v1/chat/completions", "/v1/chat/completions"]
+    assert posts(server)[-1].json["messages"] == [{"role": "user", "content": PROMPT}]
+
+
+def test_forced_completions_on_chat_only_server_raises() -> None:
+    with FakeOpenAI(routes={"chat"}) as server, pytest.raises(NotFoundError):
+        make(server.url, api_params={"protocol": "completions"}).run(PROMPT)
+
+
+@pytest.mark.parametrize("protocol", ["completions", "chat"])
+def test_streaming_stop_words_and_usage(protocol: str) -> None:
+    with FakeOpenAI(keep_stop_text=True, done_marker=False) as server:
+        chunks: list[StreamingChunk] = []
+        generator = make(server.url, api_params={"protocol": protocol}, stop_words=[" is"])
+        streamed = generator.run(PROMPT, streaming_callback=chunks.append)
+        whole = generator.run(PROMPT)
+    assert streamed["replies"] == whole["replies"] == ["Natural Language Processing"]
+    assert "".join(c.content for c in chunks) == "Natural Language Processing"
+    assert chunks[0].start and chunks[-1].finish_reason == "stop"
+    assert whole["meta"][0]["usage"]["completion_tokens"] >= 1
+    body = posts(server)[0].json
+    assert body["stop"] == [" is"]
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+
+
+def test_stream_usage_from_final_chunk() -> None:
+    with FakeOpenAI() as server:
+        result = make(server.url).run(PROMPT, streaming_callback=lambda chunk: None)
+    usage = result["meta"][0]["usage"]
+    assert usage["prompt_tokens"] == len(PROMPT.split())
+    assert usage["completion_tokens"] >= 7
+
+
+def test_parameters_are_mapped(openai_server: FakeOpenAI) -> None:
+    kwargs = {"max_new_tokens": 5, "temperature": 0.7, "top_p": 0.9, "top_k": 3, "seed": 1, "repetition_penalty": 1.1}
+    make(openai_server.url, generation_kwargs=kwargs).run(PROMPT)
+    body = posts(openai_server)[0].json
+    assert {k: body[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "repetition_penalty")} == {
+        "max_tokens": 5, "temperature": 0.7, "top_p": 0.9, "top_k": 3, "seed": 1, "repetition_penalty": 1.1
+    }
+    make(openai_server.url, generation_kwargs={"do_sample": False}).run(PROMPT)
+    assert posts(openai_server)[-1].json["temperature"] == 0
+
+
+@pytest.mark.parametrize("name", ["typical_p", "watermark", "grammar", "truncate", "top_n_tokens", "adapter_id"])
+def test_parameter_the_protocol_cannot_honour_is_an_error(openai_server: FakeOpenAI, name: str) -> None:
+    values = {"typical_p": 0.5, "watermark": True, "grammar": {"type": "json", "value": {}}, "truncate": 10,
+              "top_n_tokens": 2, "adapter_id": "lora"}
+    with pytest.raises(ValueError, match=rf"generation_kwargs\['{name}'\]"):
+        make(openai_server.url).run(PROMPT, generation_kwargs={name: values[name]})
+    assert posts(openai_server) == []
+
+
+def test_best_of_is_refused_by_chat() -> None:
+    with FakeOpenAI() as server, pytest.raises(ValueError, match="best_of"):
+        make(server.url, api_params={"protocol": "chat"}).run(PROMPT, generation_kwargs={"best_of": 2})
+
+
+def test_return_full_text_on_completions(openai_server: FakeOpenAI) -> None:
+    result = make(openai_server.url, generation_kwargs={"return_full_text": True}).run(PROMPT)
+    assert result["replies"] == [PROMPT + TEXT]
+    assert "return_full_text" not in posts(openai_server)[0].json
+
+
+async def test_run_async_on_completions_and_chat_fallback() -> None:
+    with FakeOpenAI(routes={"chat"}) as server:
+        chunks: list[StreamingChunk] = []
+
+        async def callback(chunk: StreamingChunk) -> None:
+            chunks.append(chunk)
+
+        generator = make(server.url)
+        result = await generator.run_async(PROMPT, streaming_callback=callback)
+        assert result["replies"] == [TEXT]
+        assert "".join(c.content for c in chunks) == TEXT
+        assert result["meta"][0]["protocol"] == "chat"
+        await generator.aclose()
+
+
+def test_explicit_model_name_is_used(openai_server: FakeOpenAI) -> None:
+    with pytest.raises(NotFoundError, match="does not exist"):
+        make(openai_server.url, api_params={"model": "other/model"}).run(PROMPT)
