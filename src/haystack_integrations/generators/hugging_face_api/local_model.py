@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import http.client
 import importlib.util
 import json
 import os
@@ -55,6 +56,7 @@ DEFAULT_DTYPE = "bfloat16"
 CACHE_ENV = "HF_API_GENERATOR_CACHE"
 _MARKER = ".prepared.json"
 _MARKER_FORMAT = 1
+_TERM_GRACE_SECONDS = 3.0
 _STOP_GRACE_SECONDS = 10.0
 _POLL_INTERVAL_SECONDS = 0.5
 # Keeps a child's copy of torch/transformers away from the Hub, whatever the caller's environment says.
@@ -133,9 +135,7 @@ def prepare_model(cache_dir: Path | None = None) -> Path:
             return target
         _remove_stale_builds(root)
         build = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.build-", dir=root))
-        umask = os.umask(0)
-        os.umask(umask)
-        build.chmod(0o777 & ~umask)  # mkdtemp makes it private; the final folder should look like any other
+        build.chmod(0o755)  # mkdtemp makes it private (0700); the final folder should look like any other
         try:
             _run_conversion(gguf, build)
             marker = {"format": _MARKER_FORMAT, "source": gguf.name, "source_size": gguf.stat().st_size}
@@ -153,7 +153,7 @@ def prepare_model(cache_dir: Path | None = None) -> Path:
 def _exclusive_lock(path: Path) -> Iterator[None]:
     """Serialise concurrent prepares (two pytest sessions, say) so the 30 s conversion runs once."""
     try:
-        import fcntl  # noqa: PLC0415  (POSIX only; without it the rename below still keeps things consistent)
+        import fcntl  # POSIX only; without it the atomic rename still keeps the cache consistent
     except ImportError:
         yield
         return
@@ -190,14 +190,18 @@ def _convert(gguf: Path, out_dir: Path) -> None:
     :param gguf: The GGUF file.
     :param out_dir: An existing, empty folder to write to.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415  (heavy, child process only)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: imported in the child process only
 
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # Any: we poke at internals (hf_quantizer) that transformers' annotations do not allow to be None.
+    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The weights are already dequantized in memory; save_pretrained refuses a model still tagged as GGUF-quantized.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if not out_dir.is_dir():  # our parent was killed and a later prepare removed its build folder: do not refill it
+        msg = f"{out_dir} disappeared; giving up"
+        raise FileNotFoundError(msg)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
 
@@ -227,15 +231,19 @@ def _transformers_command() -> list[str]:
     return [sys.executable, "-P", "-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())"]
 
 
+# No proxies: an HTTP(S)_PROXY from the environment must not intercept health checks of a local server.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
     """GET a URL; returns (status, parsed body or None). Status 0 means no HTTP answer at all."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310  (http URL built here)
+        with _DIRECT.open(url, timeout=timeout) as response:
             status: int = response.status
             body = response.read()
     except urllib.error.HTTPError as error:
         return error.code, None
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):  # refused, timed out, or not speaking HTTP
         return 0, None
     try:
         return status, json.loads(body)
@@ -430,19 +438,27 @@ class LocalModelServer:
             return None
 
     def stop(self) -> None:
-        """Stop the launched server: SIGTERM to its process group, SIGKILL after a grace period. Idempotent."""
+        """Stop the launched server: SIGTERM to its process group, then SIGINT, then SIGKILL. Idempotent."""
         process, self._process = self._process, None
         self._reused = False
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
         if process is not None and process.poll() is None:
-            self._signal(process, signal.SIGTERM)
-            try:
-                process.wait(_STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                # uvicorn waits for open connections (an abandoned stream, say) without a limit.
-                self._signal(process, signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
-                process.wait()
+            # SIGTERM: graceful, but uvicorn then waits without limit for open connections (a stream still being
+            # generated, say). A following SIGINT is uvicorn's "force quit"; SIGKILL is the last resort.
+            steps: list[tuple[int, float | None]] = [
+                (signal.SIGTERM, _TERM_GRACE_SECONDS),
+                (signal.SIGINT, _STOP_GRACE_SECONDS),
+            ]
+            if hasattr(signal, "SIGKILL"):
+                steps.append((signal.SIGKILL, None))
+            for signum, grace in steps:
+                self._signal(process, signum)
+                try:
+                    process.wait(grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
@@ -537,6 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (FileNotFoundError, RuntimeError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("Interrupted; nothing was kept.", file=sys.stderr)
+            return 130
         print(f"{path} ({time.monotonic() - started:.1f} s)")
         return 0
     return _serve(args)
