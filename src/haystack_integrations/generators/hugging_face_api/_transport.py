@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import json
 import os
 import threading
@@ -44,6 +45,16 @@ def is_hugging_face_url(url: str) -> bool:
     # Pointing HF_ENDPOINT / HF_ROUTER_URL somewhere is the user saying that server is their Hugging Face.
     configured = (os.environ.get("HF_ENDPOINT"), os.environ.get("HF_ROUTER_URL"))
     return any(value and urlsplit(value)[:2] == parts[:2] for value in configured)
+
+
+def _is_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -86,6 +97,9 @@ class HTTPTransport:
         self._headers = dict(headers)
         self._timeout = httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.read, pool=None)
         self._verify = verify
+        # Proxy settings from the environment are for the outside world; a proxy would refuse (or see)
+        # traffic meant for a server on this machine.
+        self._trust_env = not _is_loopback(self.base_url)
         # Generous: 64 requests in flight is a normal batch; TGI's own default cap is 128.
         self._limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self._lock = threading.Lock()
@@ -109,6 +123,7 @@ class HTTPTransport:
                         timeout=self._timeout,
                         verify=self._verify,
                         limits=self._limits,
+                        trust_env=self._trust_env,
                     )
                 client = self._client
         return client
@@ -122,6 +137,7 @@ class HTTPTransport:
                 timeout=self._timeout,
                 verify=self._verify,
                 limits=self._limits,
+                trust_env=self._trust_env,
             )
             self._aclient_loop = loop
         return self._aclient

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import logging
 import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +38,7 @@ from ._routing import (
 )
 from ._sse import SSEDecoder
 from ._transport import HTTPTransport, is_hugging_face_url
-from .errors import APIStatusError, ResponseFormatError
+from .errors import APIStatusError, OverloadedError, ResponseFormatError, ServerError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,18 @@ def _is_ambient(token: Secret | None) -> bool:
     if token is None or token.type.value != "env_var":
         return False
     return set(token.to_dict()["env_vars"]) <= _AMBIENT_TOKEN_VARS
+
+
+def _failed_probe(error: APIStatusError | ResponseFormatError) -> ProbeAnswer:
+    """
+    Client errors and non-JSON bodies answer a probe (a vLLM server has no /info). A busy or failing
+    server (408, 429, 5xx) answers nothing yet: that error is raised, so it is retried.
+    """
+    if isinstance(error, ServerError | OverloadedError) or error.status_code == 408:
+        raise error
+    if isinstance(error, APIStatusError):
+        return ProbeAnswer(error.status_code or 0, error=error)
+    return ProbeAnswer(200)
 
 
 @component
@@ -128,7 +142,11 @@ class HuggingFaceAPIGenerator:
         self._retry = RetryPolicy(max_retries=self._settings.max_retries)
         self._route: Route | None = None
         self._transports: dict[str, HTTPTransport] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the transports
+        self._route_lock = threading.Lock()  # one route resolution at a time, from any thread
+        self._async_route_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # --- serialization ---------------------------------------------------------------------------
 
@@ -341,63 +359,60 @@ class HuggingFaceAPIGenerator:
         self._route = route
         return route
 
-    @staticmethod
-    def _answer_or_error(run_probe: Callable[[], Any]) -> ProbeAnswer:
-        try:
-            payload, _ = run_probe()
-        except APIStatusError as error:
-            return ProbeAnswer(error.status_code or 0, error=error)
-        except ResponseFormatError:
-            return ProbeAnswer(200)
-        return ProbeAnswer(200, payload)
-
     def _ensure_route(self) -> Route:
         route = self._route
         if route is not None:
             return route
-        resolution, bases = self._resolution()
+        with self._route_lock:
+            if self._route is not None:
+                return self._route
+            resolution, bases = self._resolution()
 
-        def probe(step: Probe) -> ProbeAnswer:
-            transport = self._transport(bases[step.target])
-            return call_with_retries(
-                self._retry,
-                lambda: self._answer_or_error(lambda: transport.request_json("GET", step.path)),
-                lambda: "",
-            )
+            def probe(step: Probe) -> ProbeAnswer:
+                transport = self._transport(bases[step.target])
 
-        try:
-            step = next(resolution)
-            while True:
-                step = resolution.send(probe(step))
-        except StopIteration as done:
-            return self._set_route(done.value)
+                def attempt() -> ProbeAnswer:
+                    try:
+                        return ProbeAnswer(200, transport.request_json("GET", step.path)[0])
+                    except (APIStatusError, ResponseFormatError) as error:
+                        return _failed_probe(error)
+
+                return call_with_retries(self._retry, attempt, str)
+
+            try:
+                step = next(resolution)
+                while True:
+                    step = resolution.send(probe(step))
+            except StopIteration as done:
+                return self._set_route(done.value)
 
     async def _aensure_route(self) -> Route:
         route = self._route
         if route is not None:
             return route
-        resolution, bases = self._resolution()
+        lock = self._async_route_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with lock:
+            if self._route is not None:
+                return self._route
+            resolution, bases = self._resolution()
 
-        async def probe(step: Probe) -> ProbeAnswer:
-            transport = self._transport(bases[step.target])
+            async def probe(step: Probe) -> ProbeAnswer:
+                transport = self._transport(bases[step.target])
 
-            async def attempt() -> ProbeAnswer:
-                try:
-                    payload, _ = await transport.arequest_json("GET", step.path)
-                except APIStatusError as error:
-                    return ProbeAnswer(error.status_code or 0, error=error)
-                except ResponseFormatError:
-                    return ProbeAnswer(200)
-                return ProbeAnswer(200, payload)
+                async def attempt() -> ProbeAnswer:
+                    try:
+                        return ProbeAnswer(200, (await transport.arequest_json("GET", step.path))[0])
+                    except (APIStatusError, ResponseFormatError) as error:
+                        return _failed_probe(error)
 
-            return await acall_with_retries(self._retry, attempt, lambda: "")
+                return await acall_with_retries(self._retry, attempt, str)
 
-        try:
-            step = next(resolution)
-            while True:
-                step = resolution.send(await probe(step))
-        except StopIteration as done:
-            return self._set_route(done.value)
+            try:
+                step = next(resolution)
+                while True:
+                    step = resolution.send(await probe(step))
+            except StopIteration as done:
+                return self._set_route(done.value)
 
     # --- generation ------------------------------------------------------------------------------
 
