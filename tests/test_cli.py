@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from haystack_integrations.generators.hugging_face_api.cli import main
-from tests.fakes import Fault, FakeTGI
+from tests.fakes import FakeTGI, Fault
 
 TEXT = "Natural Language Processing is a field."
 
@@ -60,8 +60,21 @@ def read_output(path: Path) -> list[dict[str, object]]:
 def test_batch_answers_everything_in_input_order(tgi: FakeTGI, tmp_path: Path) -> None:
     prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_prompts(prompts, 30)
-    code = main(["--batch", str(prompts), "--output", str(output), "--url", tgi.url, "--concurrency", "4",
-                 "--max-new-tokens", "2", "--no-progress"])
+    code = main(
+        [
+            "--batch",
+            str(prompts),
+            "--output",
+            str(output),
+            "--url",
+            tgi.url,
+            "--concurrency",
+            "4",
+            "--max-new-tokens",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     records = read_output(output)
     assert [r["id"] for r in records] == [f"p{i}" for i in range(30)]

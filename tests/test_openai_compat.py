@@ -102,7 +102,12 @@ def test_parameters_are_mapped(openai_server: FakeOpenAI) -> None:
     make(openai_server.url, generation_kwargs=kwargs).run(PROMPT)
     body = posts(openai_server)[0].json
     assert {k: body[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "repetition_penalty")} == {
-        "max_tokens": 5, "temperature": 0.7, "top_p": 0.9, "top_k": 3, "seed": 1, "repetition_penalty": 1.1
+        "max_tokens": 5,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 3,
+        "seed": 1,
+        "repetition_penalty": 1.1,
     }
     make(openai_server.url, generation_kwargs={"do_sample": False}).run(PROMPT)
     assert posts(openai_server)[-1].json["temperature"] == 0
@@ -110,8 +115,14 @@ def test_parameters_are_mapped(openai_server: FakeOpenAI) -> None:
 
 @pytest.mark.parametrize("name", ["typical_p", "watermark", "grammar", "truncate", "top_n_tokens", "adapter_id"])
 def test_parameter_the_protocol_cannot_honour_is_an_error(openai_server: FakeOpenAI, name: str) -> None:
-    values = {"typical_p": 0.5, "watermark": True, "grammar": {"type": "json", "value": {}}, "truncate": 10,
-              "top_n_tokens": 2, "adapter_id": "lora"}
+    values = {
+        "typical_p": 0.5,
+        "watermark": True,
+        "grammar": {"type": "json", "value": {}},
+        "truncate": 10,
+        "top_n_tokens": 2,
+        "adapter_id": "lora",
+    }
     with pytest.raises(ValueError, match=rf"generation_kwargs\['{name}'\]"):
         make(openai_server.url).run(PROMPT, generation_kwargs={name: values[name]})
     assert posts(openai_server) == []

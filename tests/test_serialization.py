@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 from haystack import Pipeline
-from haystack.core.errors import DeserializationError
 from haystack.components.generators.utils import print_streaming_chunk as print_chunk
+from haystack.core.errors import DeserializationError
 from haystack.utils import Secret
 
 from haystack_integrations.generators.hugging_face_api import HFGenerationAPIType, HuggingFaceAPIGenerator
@@ -52,14 +52,18 @@ def test_round_trip_keeps_everything_and_does_not_duplicate_stop_words() -> None
 
 
 def test_from_dict_does_not_mutate_input() -> None:
-    data = HuggingFaceAPIGenerator("text_generation_inference", {"url": "http://h"}, streaming_callback=print_chunk).to_dict()
+    data = HuggingFaceAPIGenerator(
+        "text_generation_inference", {"url": "http://h"}, streaming_callback=print_chunk
+    ).to_dict()
     snapshot = repr(data)
     HuggingFaceAPIGenerator.from_dict(data)
     assert repr(data) == snapshot
 
 
 def test_token_secret_refuses_to_serialize_and_never_shows() -> None:
-    generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": "http://h"}, token=Secret.from_token("hf_supersecret"))
+    generator = HuggingFaceAPIGenerator(
+        "text_generation_inference", {"url": "http://h"}, token=Secret.from_token("hf_supersecret")
+    )
     with pytest.raises(ValueError, match="Cannot serialize token-based secret"):
         generator.to_dict()
     assert "hf_supersecret" not in repr(generator)

@@ -73,7 +73,9 @@ def test_conversational_model_goes_through_router_chat(providers: tuple[FakeHub,
     assert hub_calls[0].headers["authorization"] == f"Bearer {TOKEN}"
 
 
-def test_text_generation_provider_preferred_through_its_completions_route(providers: tuple[FakeHub, FakeRouter]) -> None:
+def test_text_generation_provider_preferred_through_its_completions_route(
+    providers: tuple[FakeHub, FakeRouter],
+) -> None:
     _, router = providers
     result = make("org/text-model").run("What's NLP?", generation_kwargs={"max_new_tokens": 3})
     request = posts(router)[0]
@@ -86,7 +88,9 @@ def test_text_generation_provider_preferred_through_its_completions_route(provid
 
 def test_hf_inference_uses_tgi_body_without_the_prompt(providers: tuple[FakeHub, FakeRouter]) -> None:
     _, router = providers
-    generator = make("org/hf-inference-model", )
+    generator = make(
+        "org/hf-inference-model",
+    )
     result = generator.run("What's NLP?")
     chunks: list[StreamingChunk] = []
     streamed = generator.run("What's NLP?", streaming_callback=chunks.append)
@@ -127,8 +131,9 @@ def test_resolution_errors_name_the_model_and_what_to_do(
     assert posts(router) == []
 
 
-def test_missing_token_is_a_clear_error_before_any_request(providers: tuple[FakeHub, FakeRouter],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_token_is_a_clear_error_before_any_request(
+    providers: tuple[FakeHub, FakeRouter], monkeypatch: pytest.MonkeyPatch
+) -> None:
     hub, _ = providers
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(ProviderResolutionError, match="need a Hugging Face token to run 'org/chat-only'"):

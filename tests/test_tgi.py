@@ -15,7 +15,7 @@ from haystack_integrations.generators.hugging_face_api import (
     OverloadedError,
     ValidationError,
 )
-from tests.fakes import Fault, FakeTGI
+from tests.fakes import FakeTGI, Fault
 
 TEXT = "Natural Language Processing is a field."
 PROMPT = "What's Natural Language Processing?"
@@ -84,7 +84,9 @@ def test_streaming_chunks_follow_haystack_conventions(tgi: FakeTGI) -> None:
     assert all(c.index == 0 for c in chunks)
     assert chunks[-1].finish_reason == "stop"
     assert all(c.finish_reason is None for c in chunks[:-1])
-    assert all(c.component_info is not None and c.component_info.type.endswith("HuggingFaceAPIGenerator") for c in chunks)
+    assert all(
+        c.component_info is not None and c.component_info.type.endswith("HuggingFaceAPIGenerator") for c in chunks
+    )
     meta = result["meta"][0]
     assert meta["usage"]["completion_tokens"] == 8
     assert meta["usage"]["prompt_tokens"] == len(PROMPT.split())
@@ -169,7 +171,9 @@ def test_stop_word_that_server_does_not_honour_stops_the_stream() -> None:
 
 
 def test_validation_error_carries_status_and_server_message(tgi: FakeTGI) -> None:
-    tgi.faults.append(Fault.status(422, body={"error": "Input validation error: `top_k` must be > 0", "error_type": "validation"}))
+    tgi.faults.append(
+        Fault.status(422, body={"error": "Input validation error: `top_k` must be > 0", "error_type": "validation"})
+    )
     with pytest.raises(ValidationError) as raised:
         make(tgi).run(PROMPT)
     assert raised.value.status_code == 422
@@ -179,7 +183,7 @@ def test_validation_error_carries_status_and_server_message(tgi: FakeTGI) -> Non
 
 def test_more_stop_words_than_the_server_allows_fails_before_sending(tgi: FakeTGI) -> None:
     generator = make(tgi, stop_words=["a", "b", "c", "d", "e"])
-    with pytest.raises(ValueError, match="stop_words: 5 stop words .* at most 4"):
+    with pytest.raises(ValueError, match=r"stop_words: 5 stop words .* at most 4"):
         generator.run(PROMPT)
     assert [r.method for r in tgi.requests] == ["GET"]  # only /info
 

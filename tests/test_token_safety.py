@@ -9,7 +9,7 @@ from haystack.utils import Secret
 
 from haystack_integrations.generators.hugging_face_api import AuthenticationError, HuggingFaceAPIGenerator
 from haystack_integrations.generators.hugging_face_api._transport import is_hugging_face_url
-from tests.fakes import Fault, FakeTGI
+from tests.fakes import FakeTGI, Fault
 
 SECRET = "hf_test_value_that_must_not_leak_1234"
 
@@ -25,7 +25,9 @@ def test_ambient_token_is_not_sent_to_a_non_hugging_face_host(tgi: FakeTGI, monk
 
 
 @pytest.mark.parametrize("token", [Secret.from_token(SECRET), Secret.from_env_var("MY_TGI_KEY")])
-def test_explicit_token_is_sent_to_the_configured_url(tgi: FakeTGI, monkeypatch: pytest.MonkeyPatch, token: Secret) -> None:
+def test_explicit_token_is_sent_to_the_configured_url(
+    tgi: FakeTGI, monkeypatch: pytest.MonkeyPatch, token: Secret
+) -> None:
     monkeypatch.setenv("MY_TGI_KEY", SECRET)
     HuggingFaceAPIGenerator("text_generation_inference", {"url": tgi.url}, token=token).run("hello")
     assert authorization_headers(tgi) == [f"Bearer {SECRET}"] * 2

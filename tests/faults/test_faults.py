@@ -24,7 +24,7 @@ from haystack_integrations.generators.hugging_face_api import (
     ServerError,
 )
 from haystack_integrations.generators.hugging_face_api._transport import MAX_RESPONSE_BYTES
-from tests.fakes import Fault, FakeOpenAI, FakeTGI
+from tests.fakes import FakeOpenAI, FakeTGI, Fault
 
 TEXT = "Natural Language Processing is a field."
 
@@ -37,13 +37,18 @@ def posts(server: Any) -> int:
     return sum(1 for r in server.requests if r.method == "POST")
 
 
-class Chunks(list[StreamingChunk]):
+class Chunks:
+    """A streaming callback that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.received: list[StreamingChunk] = []
+
     def __call__(self, chunk: StreamingChunk) -> None:
-        self.append(chunk)
+        self.received.append(chunk)
 
     @property
     def text(self) -> str:
-        return "".join(c.content for c in self)
+        return "".join(c.content for c in self.received)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -133,7 +138,7 @@ def test_stream_without_final_event(tgi: FakeTGI) -> None:
     with pytest.raises(IncompleteStreamError) as raised:
         make(tgi.url).run("q", streaming_callback=chunks)
     assert raised.value.delivered_text == chunks.text == TEXT
-    assert all(c.finish_reason is None for c in chunks)
+    assert all(c.finish_reason is None for c in chunks.received)
 
 
 def test_openai_stream_without_finish_reason() -> None:
@@ -159,8 +164,10 @@ def test_overloaded_error_event_before_any_text_is_retried(tgi: FakeTGI) -> None
 
 
 def test_overloaded_forever_raises_overloaded(tgi: FakeTGI) -> None:
-    tgi.faults.extend([Fault.status(429, {"error": "Model is overloaded", "error_type": "overloaded"},
-                                    headers={"Retry-After": "0"})] * 2)
+    tgi.faults.extend(
+        [Fault.status(429, {"error": "Model is overloaded", "error_type": "overloaded"}, headers={"Retry-After": "0"})]
+        * 2
+    )
     with pytest.raises(OverloadedError):
         make(tgi.url, max_retries=1).run("q")
 

@@ -37,7 +37,11 @@ def make(**kwargs: Any) -> HuggingFaceAPIGenerator:
         ({"api_params": {"url": DEAD_URL, "max_retries": -1}}, ValueError, r"api_params\['max_retries'\]"),
         ({"api_params": {"url": DEAD_URL, "verify": "no"}}, TypeError, r"api_params\['verify'\]"),
         ({"api_type": "serverless_inference_api", "api_params": {}}, ValueError, r"api_params\['model'\] is required"),
-        ({"api_type": "serverless_inference_api", "api_params": {"model": "gpt2"}}, ValueError, r"api_params\['model'\]"),
+        (
+            {"api_type": "serverless_inference_api", "api_params": {"model": "gpt2"}},
+            ValueError,
+            r"api_params\['model'\]",
+        ),
         ({"api_type": "inference_endpoints", "api_params": {"model": "org/m"}}, ValueError, r"api_params\['url'\]"),
         ({"token": "hf_abc"}, TypeError, "token must be a haystack.utils.Secret"),
         ({"streaming_callback": "print"}, TypeError, "streaming_callback"),
@@ -80,7 +84,9 @@ def test_bad_init_parameters(kwargs: dict[str, Any], error: type[Exception], pat
         ("hi", "max_new_tokens=5", TypeError, "generation_kwargs must be a dict"),
     ],
 )
-def test_bad_run_input_fails_before_any_request(prompt: Any, generation_kwargs: Any, error: type[Exception], pattern: str) -> None:
+def test_bad_run_input_fails_before_any_request(
+    prompt: Any, generation_kwargs: Any, error: type[Exception], pattern: str
+) -> None:
     # DEAD_URL would raise a connection error if a request were attempted.
     with pytest.raises(error, match=pattern):
         make().run(prompt, generation_kwargs=generation_kwargs)
