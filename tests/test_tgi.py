@@ -267,3 +267,9 @@ def test_construction_does_no_network_io() -> None:
         generator.run(PROMPT)
         generator.run(PROMPT)
         assert [r.path for r in server.requests].count("/info") == 1
+
+
+def test_max_new_tokens_over_the_servers_total_limit_fails_before_sending(tgi: FakeTGI) -> None:
+    with pytest.raises(ValueError, match=r"generation_kwargs\['max_new_tokens'\] is 5000 .* max_total_tokens"):
+        make(tgi).run(PROMPT, generation_kwargs={"max_new_tokens": 5000})
+    assert [r.method for r in tgi.requests] == ["GET"]

@@ -1,0 +1,895 @@
+"""Shared machinery of the fake inference servers.
+
+Every fake in this package is a real HTTP/1.1 server on 127.0.0.1 (ephemeral port), built on the
+standard library only, so that tests and benchmarks talk to it through a real socket. This module holds
+what the fakes have in common, top to bottom:
+
+* the deterministic "model": a fixed list of tokens, then an end-of-sequence token, cut short by
+  ``max_new_tokens`` / ``max_tokens`` or by a stop string, with the matching rules of the real engines;
+* request recording (:class:`RecordedRequest`);
+* fault injection (:class:`Fault`, :class:`FaultQueue`);
+* response writing, including chunked transfer encoding and Server-Sent Events written by hand so that a
+  fault can cut a stream anywhere (:class:`Exchange`, :class:`SSEStream`);
+* the server lifecycle (:class:`FakeServer`).
+
+Prompt token counting: the fakes have no tokenizer, so a prompt counts ``len(prompt.split())`` tokens
+(whitespace-separated words). Generated tokens are the strings of ``server.tokens``, one per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal, Self
+from urllib.parse import parse_qs, urlsplit
+
+# --------------------------------------------------------------------------------------------------
+# The deterministic model
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_TOKENS: tuple[str, ...] = ("Natural", " Language", " Processing", " is", " a", " field", ".")
+"""What every fake generates unless told otherwise: one string per token, in order."""
+
+EOS_TEXT = "</s>"
+EOS_ID = 2  # llama-family convention; any fixed id would do
+
+
+def count_prompt_tokens(text: str) -> int:
+    """Number of tokens the fakes charge for a prompt: its whitespace-separated words."""
+    return len(text.split())
+
+
+def token_id(text: str) -> int:
+    """A stable id for a token string (the same string always gets the same id, never EOS_ID)."""
+    return 100 + zlib.crc32(text.encode()) % 32000
+
+
+def _logprob(text: str) -> float:
+    # Deterministic, plausible-looking log-probability in [-1.05, -0.05].
+    return -round(0.05 + (zlib.crc32(text.encode()) % 101) / 100, 4)
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    """One generated token, as TGI's ``Token`` schema describes it."""
+
+    id: int
+    text: str
+    logprob: float
+    special: bool = False
+
+    @classmethod
+    def of(cls, text: str) -> GeneratedToken:
+        return cls(token_id(text), text, _logprob(text))
+
+    @classmethod
+    def eos(cls) -> GeneratedToken:
+        return cls(EOS_ID, EOS_TEXT, -0.01, special=True)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "logprob": self.logprob, "special": self.special}
+
+
+FinishReason = Literal["length", "eos", "stop"]
+
+
+@dataclass
+class Generation:
+    """The outcome of one generation.
+
+    ``text`` is the final text as the engine returns it (special tokens skipped, already cut at a stop
+    string when the engine cuts); the text each token added is ``piece(token)``.
+    """
+
+    tokens: list[GeneratedToken]
+    text: str
+    finish_reason: FinishReason
+    stop_string: str | None = None
+
+    @staticmethod
+    def piece(token: GeneratedToken) -> str:
+        return "" if token.special else token.text
+
+
+def generate(
+    vocab: Sequence[str],
+    *,
+    max_new_tokens: int | None,
+    stop: Sequence[str] = (),
+    stop_match: Literal["suffix", "substring"] = "suffix",
+    keep_stop_text: bool = True,
+    length_first: bool = True,
+) -> Generation:
+    """Run the fake model: the strings of ``vocab`` one per step, then EOS.
+
+    The engine rules this reproduces:
+
+    * ``stop_match="suffix"`` (TGI, transformers): generation stops when the decoded text *ends with* a
+      stop string; a stop string that does not end on a token boundary never stops it.
+    * ``stop_match="substring"`` (vLLM): generation stops when a stop string appears anywhere in the text
+      added by the last token (or straddling its start); the text is then cut before the stop string, or
+      after it when ``keep_stop_text``.
+    * ``length_first`` (TGI): the length limit is checked before EOS and stop strings, so reaching
+      ``max_new_tokens`` on the token that completes a stop string finishes with ``length``. vLLM checks
+      stop strings last and lets them win (``length_first=False``).
+
+    Memory stays linear in the text (the ``huge`` fault generates tens of megabytes): stop strings are
+    looked for in a bounded tail of the text, never in copies of all of it.
+    """
+    stop = [s for s in stop if s]
+    window = max((len(s) for s in stop), default=0)
+    tokens: list[GeneratedToken] = []
+    pieces: list[str] = []
+    length = 0  # characters generated so far
+    tail = ""  # the last characters of the text, enough to find a stop string ending in the new piece
+    step = 0
+
+    def done(reason: FinishReason, cut: int | None = None, stop_string: str | None = None) -> Generation:
+        text = "".join(pieces)
+        return Generation(tokens, text if cut is None else text[:cut], reason, stop_string)
+
+    while True:
+        token = GeneratedToken.of(vocab[step]) if step < len(vocab) else GeneratedToken.eos()
+        step += 1
+        tokens.append(token)
+        added = Generation.piece(token)
+        pieces.append(added)
+        length += len(added)
+        at_limit = max_new_tokens is not None and len(tokens) >= max_new_tokens
+        if length_first and at_limit:
+            return done("length")
+        if token.special:
+            return done("eos")
+        if stop and added:
+            tail = (tail + added)[-(window + len(added)) :]
+            matched = _match_stop(tail, added, stop, stop_match, keep_stop_text)
+            if matched is not None:
+                stop_string, cut_in_tail = matched
+                return done("stop", length - len(tail) + cut_in_tail, stop_string)
+        if at_limit:
+            return done("length")
+
+
+def _match_stop(tail: str, added: str, stop: Sequence[str], how: str, keep: bool) -> tuple[str, int] | None:
+    """The stop string found at the end of the text, and where to cut ``tail`` (an index into it)."""
+    for stop_string in stop:
+        if how == "suffix":
+            if tail.endswith(stop_string):
+                return stop_string, len(tail) if keep else len(tail) - len(stop_string)
+            continue
+        # Search only where the new text could have completed a match, like vLLM's detokenizer.
+        index = tail.find(stop_string, max(0, len(tail) - len(added) - len(stop_string) + 1))
+        if index != -1:
+            return stop_string, index + len(stop_string) if keep else index
+    return None
+
+
+def huge_vocab(nbytes: int, token_size: int = 1024) -> list[str]:
+    """Tokens whose concatenation is exactly ``nbytes`` ASCII characters (for :meth:`Fault.huge`)."""
+    full, rest = divmod(max(nbytes, 0), token_size)
+    vocab = ["x" * token_size] * full
+    if rest:
+        vocab.append("x" * rest)
+    return vocab
+
+
+# --------------------------------------------------------------------------------------------------
+# Request recording
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake received it.
+
+    ``headers`` has lower-cased names. ``json`` is the parsed body, or ``None`` when the body is empty or
+    not JSON (``body`` always has the raw bytes). ``resolved`` holds what the server made of the request
+    after applying its defaults (e.g. TGI's effective ``do_sample`` and ``return_full_text``), and
+    ``fault`` the fault that was applied to it, if any.
+    """
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+    json: Any = None
+    fault: Fault | None = None
+    resolved: dict[str, Any] = field(default_factory=dict)
+    received_at: float = field(default_factory=time.monotonic)
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults
+# --------------------------------------------------------------------------------------------------
+
+FaultKind = Literal[
+    "status", "reset", "no_final", "error_event", "malformed", "delay", "huge", "close_without_response"
+]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something going wrong with one response. Build them with the classmethods.
+
+    When they act:
+
+    * ``status``, ``delay``, ``close_without_response`` act before the route runs (like a proxy or an
+      overloaded server in front of the engine).
+    * ``reset``, ``no_final``, ``error_event``, ``malformed`` act on the stream of Server-Sent Events,
+      after ``after_events`` events. If the stream has fewer events, they act where it would have ended.
+      On a non-streamed (JSON) response, ``reset`` sends the headers and half the body then closes the
+      connection, ``malformed`` sends ``line`` as the body; ``no_final`` and ``error_event`` do nothing.
+    * ``huge`` replaces the generated tokens of the request with ``nbytes`` of text (1 KiB per token,
+      ignoring the length limit), giving a valid but huge response.
+    """
+
+    kind: FaultKind
+    code: int = 0
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    after_events: int | None = None
+    error: str = ""
+    error_type: str = ""
+    line: bytes = b""
+    seconds: float = 0.0
+    nbytes: int = 0
+    rst: bool = False
+
+    @classmethod
+    def status(
+        cls,
+        code: int,
+        body: bytes | str | Mapping[str, Any] | list[Any] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> Fault:
+        """Answer with HTTP ``code`` instead of running the route. A mapping/list body is sent as JSON,
+        a str as text/plain, bytes as given; ``content_type`` overrides the guess."""
+        if isinstance(body, (Mapping, list)):
+            raw, guessed = json_bytes(body), "application/json"
+        elif isinstance(body, str):
+            raw, guessed = body.encode(), "text/plain; charset=utf-8"
+        else:
+            raw, guessed = body or b"", "application/octet-stream"
+        all_headers = dict(headers or {})
+        if raw or content_type:
+            all_headers.setdefault("Content-Type", content_type or guessed)
+        return cls("status", code=code, body=raw, headers=tuple(all_headers.items()))
+
+    @classmethod
+    def overloaded(cls) -> Fault:
+        """TGI's answer when its queue is full: 429 ``{"error": "Model is overloaded", ...}``."""
+        return cls.status(429, {"error": "Model is overloaded", "error_type": "overloaded"})
+
+    @classmethod
+    def unavailable(cls, retry_after: int | None = 1, body: str = "") -> Fault:
+        """503, e.g. a scaled-to-zero Inference Endpoint, with an optional ``Retry-After``."""
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        return cls.status(503, body or None, headers=headers)
+
+    @classmethod
+    def reset(cls, after_events: int = 0, *, rst: bool = False) -> Fault:
+        """Write ``after_events`` events then close the connection without the chunked terminator.
+        ``rst=True`` closes with a TCP reset instead of a clean FIN."""
+        return cls("reset", after_events=after_events, rst=rst)
+
+    @classmethod
+    def no_final(cls, after_events: int | None = None) -> Fault:
+        """End the stream properly (terminator, no error) after ``after_events`` events or just before
+        the final event, whichever comes first; the final event and any ``[DONE]`` are never sent."""
+        return cls("no_final", after_events=after_events)
+
+    @classmethod
+    def error_event(
+        cls, after_events: int = 0, error: str = "Request failed during generation", error_type: str = "generation"
+    ) -> Fault:
+        """After ``after_events`` events, send one error event in the server's own error shape, then end."""
+        return cls("error_event", after_events=after_events, error=error, error_type=error_type)
+
+    @classmethod
+    def malformed(cls, after_events: int = 0, line: bytes = b"data: {not json") -> Fault:
+        """After ``after_events`` events, write ``line`` (plus a blank line) then carry on normally."""
+        return cls("malformed", after_events=after_events, line=line)
+
+    @classmethod
+    def delay(cls, seconds: float) -> Fault:
+        """Sleep ``seconds`` before answering (before the status line), then answer normally."""
+        return cls("delay", seconds=seconds)
+
+    @classmethod
+    def huge(cls, nbytes: int) -> Fault:
+        """Answer validly with a generated text of ``nbytes`` characters."""
+        return cls("huge", nbytes=nbytes)
+
+    @classmethod
+    def close_without_response(cls) -> Fault:
+        """Read the request, then close the connection without a byte of response."""
+        return cls("close_without_response")
+
+
+class FaultQueue:
+    """Thread-safe FIFO of faults; each request the server handles (POSTs by default) takes one."""
+
+    def __init__(self) -> None:
+        self._items: deque[Fault] = deque()
+        self._lock = threading.Lock()
+
+    def append(self, fault: Fault) -> None:
+        with self._lock:
+            self._items.append(fault)
+
+    def extend(self, faults: Iterable[Fault]) -> None:
+        with self._lock:
+            self._items.extend(faults)
+
+    def pop(self) -> Fault | None:
+        """The oldest fault, or ``None`` when the queue is empty."""
+        with self._lock:
+            return self._items.popleft() if self._items else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing responses
+# --------------------------------------------------------------------------------------------------
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, the way serde_json and pydantic write it."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class ResponseAborted(Exception):
+    """Raised inside a route when the connection is gone (fault or client); the server just stops."""
+
+
+class Exchange:
+    """One request being answered: what came in, and the ways to answer it.
+
+    A route must answer exactly once: :meth:`send` (and its JSON / text helpers) or :meth:`open_sse`.
+    Body and stream faults are applied here, so routes do not need to know about them.
+    """
+
+    def __init__(self, server: FakeServer, handler: _Handler, record: RecordedRequest, json_error: str | None):
+        self.server = server
+        self.record = record
+        self.json_error = json_error  # why ``record.json`` is None although a body was sent
+        self.fault = record.fault
+        self._handler = handler
+        self.responded = False
+
+    # What came in -------------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return self.record.method
+
+    @property
+    def path(self) -> str:
+        return self.record.path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.record.headers
+
+    @property
+    def json(self) -> Any:
+        return self.record.json
+
+    def bearer_token(self) -> str | None:
+        """The token of an ``Authorization: Bearer ...`` header (scheme matched case-insensitively)."""
+        value = self.headers.get("authorization", "")
+        scheme, _, token = value.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+    # Answering ----------------------------------------------------------------------------------
+    def send(
+        self,
+        status: int,
+        body: bytes = b"",
+        *,
+        content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Send a complete response with a Content-Length (faults ``reset``/``malformed`` apply)."""
+        fault = self.fault
+        if fault is not None and fault.kind == "malformed":
+            body = fault.line
+        self._start(status, content_type, headers, {"Content-Length": str(len(body))})
+        if fault is not None and fault.kind == "reset":
+            self._write(body[: len(body) // 2])
+            self.abort(rst=fault.rst)
+            raise ResponseAborted
+        self._write(body)
+
+    def send_json(self, status: int, obj: Any, *, headers: Mapping[str, str] | None = None) -> None:
+        self.send(status, json_bytes(obj), content_type="application/json", headers=headers)
+
+    def send_text(self, status: int, text: str, *, headers: Mapping[str, str] | None = None) -> None:
+        self.send(status, text.encode(), content_type="text/plain; charset=utf-8", headers=headers)
+
+    def open_sse(
+        self,
+        *,
+        headers: Mapping[str, str] | None = None,
+        error_event: Callable[[str, str], Any] | None = None,
+        done_marker: bool | None = None,
+    ) -> SSEStream:
+        """Start a 200 ``text/event-stream`` response with chunked transfer encoding.
+
+        ``error_event(error, error_type)`` builds the payload of an injected ``error_event`` fault in this
+        server's shape; ``done_marker`` (default: the server's option) ends the stream with ``[DONE]``.
+        """
+        base = {"Cache-Control": "no-cache", "Transfer-Encoding": "chunked"}
+        self._start(200, "text/event-stream", headers, base)
+        marker = self.server.done_marker if done_marker is None else done_marker
+        return SSEStream(self, error_event=error_event, done_marker=marker)
+
+    def abort(self, *, rst: bool = False) -> None:
+        """Close the connection now, mid-response if need be: FIN by default, TCP reset with ``rst``."""
+        handler = self._handler
+        handler.close_connection = True
+        sock = handler.connection
+        with contextlib.suppress(OSError):
+            if rst:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            else:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    # Low level ----------------------------------------------------------------------------------
+    def _start(
+        self,
+        status: int,
+        content_type: str | None,
+        headers: Mapping[str, str] | None,
+        framing: Mapping[str, str],
+    ) -> None:
+        if self.responded:
+            raise RuntimeError("this request was already answered")
+        self.responded = True
+        handler = self._handler
+        handler.send_response(status)
+        if content_type:
+            handler.send_header("Content-Type", content_type)
+        for name, value in {**(headers or {}), **framing}.items():
+            handler.send_header(name, value)
+        if handler.close_connection:
+            handler.send_header("Connection", "close")
+        handler.end_headers()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._handler.wfile.write(data)
+        except OSError as exc:  # the client went away, or a fault closed the socket
+            self._handler.close_connection = True
+            raise ResponseAborted from exc
+
+
+class SSEStream:
+    """Server-Sent Events over a chunked response, one HTTP chunk per event, with faults applied.
+
+    The server options shape the framing: ``sse_space`` writes ``data: {...}`` (TGI >= 2.1, vLLM) rather
+    than ``data:{...}`` (older TGI); ``keepalive`` writes an SSE comment line (``:`` plus
+    ``keepalive_comment``) between events; ``token_delay`` sleeps before each token event.
+    """
+
+    def __init__(self, exchange: Exchange, *, error_event: Callable[[str, str], Any] | None, done_marker: bool):
+        self._ex = exchange
+        self._server = exchange.server
+        self._error_event = error_event
+        self._done_marker = done_marker
+        self.events = 0  # events written so far, injected ones excluded
+        self.ended = False
+        self._malformed_written = False
+
+    def event(self, payload: Any, *, final: bool = False, token: bool = True) -> bool:
+        """Write one ``data:`` event (a JSON value, or a str written as is).
+
+        ``final`` marks the last event of a complete stream (for ``no_final``); ``token`` says the event
+        carries a generated token (``token_delay`` applies). Returns False once the stream has been ended
+        or cut, so a route can stop producing events.
+        """
+        if self.ended:
+            return False
+        if self._apply_fault(final=final):
+            return False
+        if token and self._server.token_delay and not self._server.sleep(self._server.token_delay):
+            self._ex.abort()
+            raise ResponseAborted
+        if self.events and self._server.keepalive:
+            self._chunk(b":" + self._server.keepalive_comment.encode() + b"\n\n")
+        data = payload if isinstance(payload, str) else json_bytes(payload).decode()
+        self._chunk(self._data_line(data))
+        self.events += 1
+        return True
+
+    def close(self) -> None:
+        """End the stream: pending faults first, then ``[DONE]`` when configured, then the terminator."""
+        if self.ended:
+            return
+        if self._apply_fault(final=True, at_end=True):
+            return
+        if self._done_marker:
+            self._chunk(self._data_line("[DONE]"))
+        self._finish()
+
+    # Internals ----------------------------------------------------------------------------------
+    def _apply_fault(self, *, final: bool, at_end: bool = False) -> bool:
+        """Apply the exchange's stream fault if its time has come; True when the stream is over."""
+        fault = self._ex.fault
+        if fault is None or fault.kind not in ("reset", "no_final", "error_event", "malformed"):
+            return False
+        due = fault.after_events is not None and self.events >= fault.after_events
+        if fault.kind == "no_final":
+            if due or final:
+                self._finish()
+                return True
+            return False
+        if not (due or at_end):
+            return False
+        if fault.kind == "malformed":
+            if not self._malformed_written:
+                self._malformed_written = True
+                self._chunk(fault.line + b"\n\n")
+            return False
+        if fault.kind == "reset":
+            self.ended = True
+            self._ex.abort(rst=fault.rst)
+            raise ResponseAborted
+        # error_event
+        payload = (self._error_event or _default_error_event)(fault.error, fault.error_type)
+        self._chunk(self._data_line(json_bytes(payload).decode()))
+        if self._done_marker:
+            self._chunk(self._data_line("[DONE]"))
+        self._finish()
+        return True
+
+    def _data_line(self, data: str) -> bytes:
+        prefix = "data: " if self._server.sse_space else "data:"
+        return f"{prefix}{data}\n\n".encode()
+
+    def _chunk(self, data: bytes) -> None:
+        self._ex._write(b"%X\r\n%s\r\n" % (len(data), data))
+
+    def _finish(self) -> None:
+        self.ended = True
+        self._ex._write(b"0\r\n\r\n")
+
+
+def _default_error_event(error: str, error_type: str) -> dict[str, str]:
+    return {"error": error, "error_type": error_type}
+
+
+# --------------------------------------------------------------------------------------------------
+# The HTTP server
+# --------------------------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Reads one request at a time (keep-alive) and hands it to the fake server."""
+
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass
+        finally:
+            self.server.untrack(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output quiet
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # BaseHTTPRequestHandler.send_response minus the `Server:` header, which TGI does not send.
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
+
+    def _serve(self) -> None:
+        try:
+            self.server.fake._serve(self)
+        except ResponseAborted:
+            self.close_connection = True
+        except OSError:  # the peer vanished
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _serve
+
+    def read_body(self, limit: int | None) -> bytes | None:
+        """The request body (Content-Length or chunked), or None when it exceeds ``limit`` bytes.
+
+        An oversized body is still read to its end (and dropped): answering before the client has sent
+        it all would make the kernel reset the connection, and the client could miss the 413.
+        """
+        parts: list[bytes] = []
+        size = 0
+        for piece in self._body_pieces():
+            size += len(piece)
+            if limit is None or size <= limit:
+                parts.append(piece)
+        return b"".join(parts) if limit is None or size <= limit else None
+
+    def _body_pieces(self) -> Iterator[bytes]:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                length = int(self.rfile.readline(65537).split(b";", 1)[0].strip() or b"0", 16)
+                if length == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return
+                yield self.rfile.read(length)
+                self.rfile.readline(65537)
+        remaining = int(self.headers.get("Content-Length") or 0)
+        while remaining > 0:
+            piece = self.rfile.read(min(remaining, 1 << 16))
+            if not piece:
+                return
+            remaining -= len(piece)
+            yield piece
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # stop() closes every connection itself; handler threads are daemons
+
+    def __init__(self, fake: FakeServer) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.fake = fake
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def track(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(conn)
+        if self.fake._stopping.is_set():  # accepted while stop() was closing the others
+            self.close_connections()
+
+    def untrack(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(conn)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+            self._connections.clear()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # connections cut by faults, clients or stop() are expected here
+        super().handle_error(request, client_address)
+
+
+Route = tuple[str, "re.Pattern[str]", Callable[..., None]]
+
+
+class FakeServer:
+    """Base class of the fakes: lifecycle, recording, faults, routing.
+
+    Usable as a context manager or with :meth:`start` / :meth:`stop`. Subclasses declare routes with
+    :meth:`route` in ``__init__`` and may override :meth:`not_found` / :meth:`method_not_allowed`.
+
+    Options common to all fakes:
+
+    * ``tokens``: the text the model generates, one string per token (mutable later via ``.tokens``);
+    * ``sse_space`` (``data: `` vs ``data:``), ``keepalive`` / ``keepalive_comment`` (SSE comment lines
+      between events), ``token_delay`` (seconds before each generated token, streamed or not),
+      ``done_marker`` (end streams with ``data: [DONE]``).
+    """
+
+    fault_methods: frozenset[str] = frozenset({"POST"})
+    max_body_bytes: int | None = None
+
+    def __init__(
+        self,
+        tokens: Iterable[str] | None = None,
+        *,
+        sse_space: bool = True,
+        keepalive: bool = False,
+        keepalive_comment: str = "",
+        token_delay: float = 0.0,
+        done_marker: bool = False,
+    ) -> None:
+        self.tokens: list[str] = list(DEFAULT_TOKENS if tokens is None else tokens)
+        self.sse_space = sse_space
+        self.keepalive = keepalive
+        self.keepalive_comment = keepalive_comment
+        self.token_delay = token_delay
+        self.done_marker = done_marker
+        self.faults = FaultQueue()
+        self._requests: list[RecordedRequest] = []
+        self._requests_lock = threading.Lock()
+        self._routes: list[Route] = []
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # Lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> Self:
+        if self._httpd is not None:
+            return self
+        self._stopping.clear()
+        self._httpd = _HTTPServer(self)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, name=type(self).__name__, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: close the listening socket and every open connection (idempotent)."""
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        self._stopping.set()  # wakes handlers sleeping in delays
+        httpd.shutdown()
+        httpd.server_close()
+        httpd.close_connections()
+        if thread is not None:
+            thread.join(timeout=5)
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no trailing slash)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep unless the server is stopping; False when the sleep was cut short by stop()."""
+        return not self._stopping.wait(seconds)
+
+    # Recording ----------------------------------------------------------------------------------
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of every request received so far, oldest first."""
+        with self._requests_lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        with self._requests_lock:
+            self._requests.clear()
+
+    # Routing ------------------------------------------------------------------------------------
+    def route(self, method: str, pattern: str, handler: Callable[..., None]) -> None:
+        """Register ``handler(exchange, **groups)`` for ``method`` and a full-match path regex."""
+        self._routes.append((method, re.compile(pattern), handler))
+
+    def not_found(self, ex: Exchange) -> None:
+        ex.send(404)
+
+    def method_not_allowed(self, ex: Exchange) -> None:
+        ex.send(405)
+
+    def payload_too_large(self, ex: Exchange) -> None:
+        ex.send_text(413, "Failed to buffer the request body: length limit exceeded")
+
+    def _dispatch(self, ex: Exchange) -> None:
+        allowed = False
+        for method, pattern, handler in self._routes:
+            match = pattern.fullmatch(ex.path)
+            if match is None:
+                continue
+            if method != ex.method:
+                allowed = True
+                continue
+            handler(ex, **match.groupdict())
+            return
+        (self.method_not_allowed if allowed else self.not_found)(ex)
+
+    # One request --------------------------------------------------------------------------------
+    def _serve(self, handler: _Handler) -> None:
+        split = urlsplit(handler.path)
+        headers: dict[str, str] = {}
+        for name, value in handler.headers.items():
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        body = handler.read_body(self.max_body_bytes)
+        record = RecordedRequest(
+            method=handler.command,
+            path=split.path,
+            query=parse_qs(split.query, keep_blank_values=True),
+            headers=headers,
+            body=body or b"",
+        )
+        json_error = None
+        if body:
+            try:
+                record.json = json.loads(body)
+            except ValueError as exc:
+                json_error = str(exc)
+        if body is not None and handler.command in self.fault_methods:
+            record.fault = self.faults.pop()
+        with self._requests_lock:
+            self._requests.append(record)
+        ex = Exchange(self, handler, record, json_error)
+        if body is None:  # over the size limit
+            self.payload_too_large(ex)
+            return
+        fault = record.fault
+        if fault is not None and fault.kind == "delay" and not self.sleep(fault.seconds):
+            ex.abort()
+            return
+        if fault is not None and fault.kind == "close_without_response":
+            ex.abort()
+            return
+        if fault is not None and fault.kind == "status":
+            ex.send(fault.code, fault.body, headers=dict(fault.headers))
+            return
+        self._dispatch(ex)
+        if not ex.responded:
+            raise RuntimeError(f"{type(self).__name__}: no response for {ex.method} {ex.path}")
+
+    # Helpers for subclasses ---------------------------------------------------------------------
+    def vocab_for(self, ex: Exchange) -> list[str]:
+        """The tokens to generate for this request (honours the ``huge`` fault)."""
+        fault = ex.fault
+        if fault is not None and fault.kind == "huge":
+            return huge_vocab(fault.nbytes)
+        return list(self.tokens)
+
+    def limit_for(self, ex: Exchange, max_new_tokens: int | None) -> int | None:
+        """The length limit to generate with: none at all under the ``huge`` fault."""
+        fault = ex.fault
+        return None if fault is not None and fault.kind == "huge" else max_new_tokens
+
+    def compute_pause(self, generation: Generation) -> None:
+        """Non-streamed answers take as long as their tokens would have taken to stream."""
+        if self.token_delay and not self.sleep(self.token_delay * len(generation.tokens)):
+            raise ResponseAborted
+
+
+def stream_deltas(generation: Generation, hold: int) -> Iterator[str]:
+    """The text each token adds to a stream, holding back ``hold`` trailing characters until the last
+    token (vLLM does this when stop strings are set, so that a stop string never leaks). The deltas add
+    up to ``generation.text``."""
+    text = generation.text
+    sent = produced = 0
+    last = len(generation.tokens) - 1
+    for i, token in enumerate(generation.tokens):
+        produced += len(Generation.piece(token))
+        end = len(text) if i == last else min(max(produced - hold, sent), len(text))
+        yield text[sent:end]
+        sent = end
