@@ -22,9 +22,10 @@ from haystack_integrations.generators.hugging_face_api import (
     PayloadTooLargeError,
     ResponseFormatError,
     ServerError,
+    ValidationError,
 )
 from haystack_integrations.generators.hugging_face_api._transport import MAX_RESPONSE_BYTES
-from tests.fakes import FakeOpenAI, FakeTGI, Fault
+from tests.fakes import FakeOpenAI, FakeTGI, Fault, TGILimits
 
 TEXT = "Natural Language Processing is a field."
 
@@ -213,3 +214,12 @@ def test_413_payload_too_large_is_not_retried(tgi: FakeTGI) -> None:
         make(tgi.url).run("x " * 1_100_000)  # over TGI's 2 MB body limit
     assert raised.value.status_code == 413
     assert posts(tgi) == 1
+
+
+def test_prompt_over_the_servers_input_limit_is_a_validation_error() -> None:
+    # Counting tokens needs the server's tokenizer, so this is the server's check, surfaced precisely.
+    with FakeTGI(limits=TGILimits(max_input_tokens=10, max_total_tokens=600)) as server:
+        with pytest.raises(ValidationError, match="input") as raised:
+            make(server.url, max_retries=3).run("word " * 50, generation_kwargs={"max_new_tokens": 8})
+        assert raised.value.status_code == 422
+        assert posts(server) == 1  # a validation error is not retried
