@@ -15,6 +15,7 @@ from typing import Any
 from haystack.dataclasses import ComponentInfo, StreamingChunk
 
 from ._protocols import Generation, Protocol, normalize_finish_reason
+from ._sse import SSEDecoder
 from ._stop import StopWordFilter, cut_at_stop_words
 from .errors import IncompleteStreamError, ResponseFormatError, error_from_event
 
@@ -99,6 +100,7 @@ class StreamState:
 
     def reset(self) -> None:
         """Forgets a failed attempt (only ever called when nothing was delivered)."""
+        self._decoder = SSEDecoder()
         self._filter = StopWordFilter(self._request.stop_words)
         self._pieces: list[str] = []
         self._raw_finish_reason: str | None = None
@@ -113,6 +115,16 @@ class StreamState:
     def delivered(self) -> str:
         """The text handed out in chunks so far."""
         return "".join(self._pieces)
+
+    def feed_line(self, line: str) -> StreamingChunk | None:
+        """Takes one line of the stream; returns a chunk to deliver, if the line released text."""
+        data = self._decoder.feed(line)
+        return None if data is None else self.on_event(data)
+
+    def feed_end(self) -> StreamingChunk | None:
+        """Takes the end of the stream (an event may be left without its blank line)."""
+        data = self._decoder.flush()
+        return None if data is None else self.on_event(data)
 
     def on_event(self, data: str) -> StreamingChunk | None:
         """Takes the data of one event; returns a chunk to deliver, if the event released text."""

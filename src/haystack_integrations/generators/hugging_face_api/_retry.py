@@ -50,8 +50,14 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
 
 
-def _log_retry(error: HuggingFaceAPIError, attempt: int, wait: float) -> None:
+def _wait_or_raise(policy: RetryPolicy, error: HuggingFaceAPIError, attempt: int, delivered: str) -> float:
+    """Seconds to wait before retrying `error`; re-raises it when it is not to be retried."""
+    error.delivered_text = delivered
+    if not policy.should_retry(error, attempt, delivered):
+        raise error
+    wait = policy.delay(attempt, error)
     logger.warning("Attempt %d failed (%s); retrying in %.2f s", attempt + 1, error.message, wait)
+    return wait
 
 
 def call_with_retries(policy: RetryPolicy, attempt_fn: Callable[[], T], delivered: Callable[[], str]) -> T:
@@ -67,12 +73,7 @@ def call_with_retries(policy: RetryPolicy, attempt_fn: Callable[[], T], delivere
         try:
             return attempt_fn()
         except HuggingFaceAPIError as error:
-            error.delivered_text = delivered()
-            if not policy.should_retry(error, attempt, error.delivered_text):
-                raise
-            wait = policy.delay(attempt, error)
-            _log_retry(error, attempt, wait)
-            time.sleep(wait)
+            time.sleep(_wait_or_raise(policy, error, attempt, delivered()))
             attempt += 1
 
 
@@ -85,10 +86,5 @@ async def acall_with_retries(
         try:
             return await attempt_fn()
         except HuggingFaceAPIError as error:
-            error.delivered_text = delivered()
-            if not policy.should_retry(error, attempt, error.delivered_text):
-                raise
-            wait = policy.delay(attempt, error)
-            _log_retry(error, attempt, wait)
-            await asyncio.sleep(wait)
+            await asyncio.sleep(_wait_or_raise(policy, error, attempt, delivered()))
             attempt += 1

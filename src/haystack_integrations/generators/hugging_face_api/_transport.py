@@ -112,33 +112,29 @@ class HTTPTransport:
 
     # --- clients -------------------------------------------------------------------------------
 
+    def _client_options(self) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url,
+            "headers": self._headers,
+            "timeout": self._timeout,
+            "verify": self._verify,
+            "limits": self._limits,
+            "trust_env": self._trust_env,
+        }
+
     def _sync_client(self) -> httpx.Client:
         client = self._client
         if client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = httpx.Client(
-                        base_url=self.base_url,
-                        headers=self._headers,
-                        timeout=self._timeout,
-                        verify=self._verify,
-                        limits=self._limits,
-                        trust_env=self._trust_env,
-                    )
+                    self._client = httpx.Client(**self._client_options())
                 client = self._client
         return client
 
     def _async_client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aclient_loop is not loop:
-            self._aclient = httpx.AsyncClient(
-                base_url=self.base_url,
-                headers=self._headers,
-                timeout=self._timeout,
-                verify=self._verify,
-                limits=self._limits,
-                trust_env=self._trust_env,
-            )
+            self._aclient = httpx.AsyncClient(**self._client_options())
             self._aclient_loop = loop
         return self._aclient
 

@@ -36,7 +36,6 @@ from ._routing import (
     resolve_provider_route,
     resolve_url_route,
 )
-from ._sse import SSEDecoder
 from ._transport import HTTPTransport, is_hugging_face_url
 from .errors import APIStatusError, OverloadedError, ResponseFormatError, ServerError
 
@@ -436,18 +435,14 @@ class HuggingFaceAPIGenerator:
 
         def streamed() -> tuple[str, dict[str, Any]]:
             state.reset()
-            decoder = SSEDecoder()
             with transport.stream_lines(protocol.stream_path, body) as lines:
                 for line in lines:
-                    data = decoder.feed(line)
-                    chunk = None if data is None else state.on_event(data)
-                    if chunk is not None:
+                    if (chunk := state.feed_line(line)) is not None:
                         callback(chunk)
                     if state.done:
                         break
                 else:
-                    data = decoder.flush()
-                    if data is not None and (chunk := state.on_event(data)) is not None:
+                    if (chunk := state.feed_end()) is not None:
                         callback(chunk)
             callback(state.final_chunk())
             return state.delivered, state.meta()
@@ -479,18 +474,14 @@ class HuggingFaceAPIGenerator:
 
         async def streamed() -> tuple[str, dict[str, Any]]:
             state.reset()
-            decoder = SSEDecoder()
             async with transport.astream_lines(protocol.stream_path, body) as lines:
                 async for line in lines:
-                    data = decoder.feed(line)
-                    chunk = None if data is None else state.on_event(data)
-                    if chunk is not None:
+                    if (chunk := state.feed_line(line)) is not None:
                         await deliver(chunk)
                     if state.done:
                         break
                 else:
-                    data = decoder.flush()
-                    if data is not None and (chunk := state.on_event(data)) is not None:
+                    if (chunk := state.feed_end()) is not None:
                         await deliver(chunk)
             await deliver(state.final_chunk())
             return state.delivered, state.meta()
