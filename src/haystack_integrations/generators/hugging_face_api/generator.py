@@ -252,9 +252,7 @@ class HuggingFaceAPIGenerator:
         try:
             reply, meta = self._generate(route, request, callback)
         except APIStatusError as error:
-            if route.fallback is None or error.status_code not in (404, 405):
-                raise
-            route = self._set_route(route.fallen_back())
+            route = self._fall_back(route, error)
             reply, meta = self._generate(route, request, callback)
         self._set_route(route.confirmed())
         return {"replies": [reply], "meta": [meta]}
@@ -280,9 +278,7 @@ class HuggingFaceAPIGenerator:
         try:
             reply, meta = await self._agenerate(route, request, callback)
         except APIStatusError as error:
-            if route.fallback is None or error.status_code not in (404, 405):
-                raise
-            route = self._set_route(route.fallen_back())
+            route = self._fall_back(route, error)
             reply, meta = await self._agenerate(route, request, callback)
         self._set_route(route.confirmed())
         return {"replies": [reply], "meta": [meta]}
@@ -353,6 +349,12 @@ class HuggingFaceAPIGenerator:
             resolution = resolve_url_route(self._settings)
             return resolution, {"server": self._settings.url}
         return resolve_provider_route(self._settings, self._token_value() is not None), {"hub": hub_url()}
+
+    def _fall_back(self, route: Route, error: APIStatusError) -> Route:
+        """The fallback route when the first request found no route (404/405); otherwise re-raises `error`."""
+        if route.fallback is None or error.status_code not in (404, 405):
+            raise error
+        return self._set_route(route.fallen_back())
 
     def _set_route(self, route: Route) -> Route:
         self._route = route
