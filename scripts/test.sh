@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HAYSTACK_TELEMETRY_ENABLED=False
-echo "== ruff"; .venv/bin/ruff check src tests benchmarks
-echo "== ruff format"; .venv/bin/ruff format --check src tests benchmarks
+echo "== ruff"; .venv/bin/ruff check
+echo "== ruff format"; .venv/bin/ruff format --check
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"; .venv/bin/python -m pytest "$@"
