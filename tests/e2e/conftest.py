@@ -54,11 +54,20 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder is end-to-end, whether or not its module says so (`-m "not e2e"` skips them)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
-def local_model() -> Iterator[LocalModelServer]:
+def local_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalModelServer]:
     """The local model server shared by all end-to-end tests; stopped at the end of the session."""
     model_dir = prepare_model()  # ~20 s the first time on this machine, instant afterwards
-    server = LocalModelServer(port=free_port(), model_dir=model_dir)
+    log_path = tmp_path_factory.mktemp("local-model") / "server.log"  # pytest's temp dirs are rotated, not /tmp
+    server = LocalModelServer(port=free_port(), model_dir=model_dir, log_path=log_path)
     server.start(timeout=300)
     try:
         yield server
