@@ -157,3 +157,15 @@ async def test_run_async_on_completions_and_chat_fallback() -> None:
 def test_explicit_model_name_is_used(openai_server: FakeOpenAI) -> None:
     with pytest.raises(NotFoundError, match="does not exist"):
         make(openai_server.url, api_params={"model": "other/model"}).run(PROMPT)
+
+
+@pytest.mark.parametrize("protocol", ["completions", "chat"])
+def test_streamed_meta_with_stop_word_matches_one_piece_meta(protocol: str) -> None:
+    # transformers serve style: the stop text is kept and usage comes in the last event, after the stop word.
+    with FakeOpenAI(keep_stop_text=True, done_marker=False, stream_usage="always") as server:
+        generator = make(server.url, api_params={"protocol": protocol}, stop_words=[" Processing"])
+        streamed = generator.run(PROMPT, streaming_callback=lambda chunk: None)["meta"][0]
+        whole = generator.run(PROMPT)["meta"][0]
+    del streamed["completion_start_time"]
+    assert streamed == whole
+    assert whole["usage"]["completion_tokens"] == 3

@@ -273,3 +273,13 @@ def test_max_new_tokens_over_the_servers_total_limit_fails_before_sending(tgi: F
     with pytest.raises(ValueError, match=r"generation_kwargs\['max_new_tokens'\] is 5000 .* max_total_tokens"):
         make(tgi).run(PROMPT, generation_kwargs={"max_new_tokens": 5000})
     assert [r.method for r in tgi.requests] == ["GET"]
+
+
+def test_stop_word_the_server_misses_ends_the_read_after_a_few_events() -> None:
+    tokens = ["Hello", " wor", "ld and", *[f" t{i}" for i in range(40)]]
+    with FakeTGI(tokens=tokens) as server:
+        result = make(server, stop_words=["world"]).run("q", streaming_callback=lambda chunk: None)
+    assert result["replies"] == ["Hello "]
+    assert result["meta"][0]["finish_reason"] == "stop"
+    # We hung up long before the server's final event: its numbers are unknown, and not made up.
+    assert result["meta"][0]["usage"] == {}

@@ -74,13 +74,19 @@ def reply_from_generation(
     return (request.prompt + text if request.return_full_text else text), meta
 
 
+#: After a stop word, how many more events to read while waiting for the server's final event (its
+#: usage and finish reason). A server that missed the stop word would otherwise generate on and on.
+EVENTS_AFTER_STOP = 4
+
+
 class StreamState:
     """
     Follows one streamed answer: parses events, trims stop words, builds the chunks for the callback
     and, at the end, the reply and its meta.
 
     The reply is exactly the concatenation of the chunks' content. `done` tells the reader to stop
-    reading (final event seen, or a stop word found: the server may still be generating).
+    reading: the final event was seen, or a stop word was found and the server did not finish within
+    `EVENTS_AFTER_STOP` more events.
     """
 
     def __init__(
@@ -108,6 +114,7 @@ class StreamState:
         self._completion_tokens: int | None = None
         self._server_model: str | None = None
         self._started_at: str | None = None
+        self._events_after_stop = 0
         self.complete = False
         self.done = False
 
@@ -137,13 +144,20 @@ class StreamState:
             raise ResponseFormatError(f"{self._where} sent a stream event that is not JSON: {data[:200]!r}") from None
         if not isinstance(payload, Mapping):
             raise ResponseFormatError(f"{self._where} sent a stream event that is not an object: {data[:200]!r}")
-        if payload.get("error"):
+        if self._filter.stopped:
+            # The reply is complete; only the server's closing numbers are still of interest.
+            self._events_after_stop += 1
+            self.done = self._events_after_stop >= EVENTS_AFTER_STOP
+            if payload.get("error"):
+                self.done = True
+                return None
+        elif payload.get("error"):
             raise error_from_event(payload, self._where)
         event = self._protocol.parse_event(payload)
         self._record(event)
         text = self._filter.feed(event.text) if event.text else ""
         if self._filter.stopped:
-            self.complete = self.done = True
+            self.complete = True
         return self._chunk(text) if text else None
 
     def _record(self, event: Generation) -> None:

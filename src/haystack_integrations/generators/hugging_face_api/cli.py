@@ -15,6 +15,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -140,9 +141,19 @@ def _run_pipeline(
 # --- batch ----------------------------------------------------------------------------------------
 
 
-def _read_prompts(path: Path) -> list[tuple[str, str, dict[str, Any] | None]]:
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One prompt of a batch. `key` is the id as text, to match output records; `id` is kept as given."""
+
+    key: str
+    id: Any
+    prompt: str
+    generation_kwargs: dict[str, Any] | None
+
+
+def _read_prompts(path: Path) -> list[BatchItem]:
     """Reads `{"id", "prompt", "generation_kwargs"?}` lines (or bare JSON strings); ids default to line numbers."""
-    prompts: list[tuple[str, str, dict[str, Any] | None]] = []
+    prompts: list[BatchItem] = []
     seen: set[str] = set()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -155,11 +166,12 @@ def _read_prompts(path: Path) -> list[tuple[str, str, dict[str, Any] | None]]:
             item = {"prompt": item}
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
             raise SystemExit(f'{path}:{number}: expected {{"prompt": "..."}} or a JSON string')
-        key = str(item.get("id", number))
+        given_id = item.get("id", number)
+        key = str(given_id)
         if key in seen:
             raise SystemExit(f"{path}:{number}: duplicate id {key!r}")
         seen.add(key)
-        prompts.append((key, item["prompt"], item.get("generation_kwargs")))
+        prompts.append(BatchItem(key, given_id, item["prompt"], item.get("generation_kwargs")))
     return prompts
 
 
@@ -190,7 +202,7 @@ def _rewrite(path: Path, lines: Sequence[str]) -> None:
 
 async def _run_batch_async(
     generator: HuggingFaceAPIGenerator,
-    todo: list[tuple[str, str, dict[str, Any] | None]],
+    todo: list[BatchItem],
     out: TextIO,
     concurrency: int,
     base_kwargs: dict[str, Any],
@@ -199,21 +211,22 @@ async def _run_batch_async(
     semaphore = asyncio.Semaphore(concurrency)
     failures = 0
 
-    async def answer(key: str, prompt: str, kwargs: dict[str, Any] | None) -> None:
+    async def answer(item: BatchItem) -> None:
         nonlocal failures
         async with semaphore:
             try:
-                result = await generator.run_async(prompt, generation_kwargs={**base_kwargs, **(kwargs or {})})
-                record = {"id": key, "reply": result["replies"][0], "meta": result["meta"][0]}
+                kwargs = {**base_kwargs, **(item.generation_kwargs or {})}
+                result = await generator.run_async(item.prompt, generation_kwargs=kwargs)
+                record = {"id": item.id, "reply": result["replies"][0], "meta": result["meta"][0]}
             except Exception as error:  # every failure is recorded, and retried by the next run
                 failures += 1
-                record = {"id": key, "error": {"type": type(error).__name__, "message": str(error)}}
+                record = {"id": item.id, "error": {"type": type(error).__name__, "message": str(error)}}
         # One write per complete line, flushed: an interruption tears at most the line being written.
         out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         out.flush()
         progress.update(1)
 
-    await asyncio.gather(*(answer(*item) for item in todo))
+    await asyncio.gather(*(answer(item) for item in todo))
     await generator.aclose()
     return failures
 
@@ -227,7 +240,7 @@ def _run_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("--batch runs one generator; give --url or --model rather than --pipeline")
     prompts = _read_prompts(args.batch)
     done = _read_done(args.output)
-    todo = [item for item in prompts if "reply" not in done.get(item[0], {})]
+    todo = [item for item in prompts if "reply" not in done.get(item.key, {})]
     generator = _generator(args, parser)
     from tqdm import tqdm
 
@@ -240,8 +253,8 @@ def _run_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         )
     # Complete pass: leave one line per prompt, in input order.
     records = _read_done(args.output)
-    _rewrite(args.output, [json.dumps(records[key], ensure_ascii=False) for key, _, _ in prompts if key in records])
-    answered = sum(1 for key, _, _ in prompts if "reply" in records.get(key, {}))
+    _rewrite(args.output, [json.dumps(records[i.key], ensure_ascii=False) for i in prompts if i.key in records])
+    answered = sum(1 for item in prompts if "reply" in records.get(item.key, {}))
     print(f"{answered}/{len(prompts)} answered, {failures} failed (rerun the command to retry them)", file=sys.stderr)
     return 0 if failures == 0 else 1
 
