@@ -120,7 +120,9 @@ def test_batch_resumes_after_an_interruption_with_a_torn_line(tgi: FakeTGI, tmp_
 
 def test_batch_keeps_ids_as_given_and_numbers_lines_without_id(tgi: FakeTGI, tmp_path: Path) -> None:
     prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    prompts.write_text('{"id": 7, "prompt": "a"}\n"just a prompt"\n{"prompt": "b", "generation_kwargs": {"max_new_tokens": 1}}\n')
+    prompts.write_text(
+        '{"id": 7, "prompt": "a"}\n"just a prompt"\n{"prompt": "b", "generation_kwargs": {"max_new_tokens": 1}}\n'
+    )
     assert main(["--batch", str(prompts), "--output", str(output), "--url", tgi.url, "--no-progress"]) == 0
     records = read_output(output)
     assert [r["id"] for r in records] == [7, 2, 3]
