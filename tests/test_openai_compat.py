@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from haystack.dataclasses import StreamingChunk
 
-from haystack_integrations.generators.hugging_face_api import HuggingFaceAPIGenerator, NotFoundError
-from tests.fakes import FakeOpenAI, FakeTGI
+from haystack_integrations.generators.hugging_face_api import GenerationError, HuggingFaceAPIGenerator, NotFoundError
+from tests.fakes import FakeOpenAI, FakeTGI, Fault
 
 TEXT = "Natural Language Processing is a field."
 PROMPT = "What's Natural Language Processing?"
@@ -169,3 +169,49 @@ def test_streamed_meta_with_stop_word_matches_one_piece_meta(protocol: str) -> N
     del streamed["completion_start_time"]
     assert streamed == whole
     assert whole["usage"]["completion_tokens"] == 3
+
+
+def test_greedy_unless_sampling_is_asked_for_like_tgi(openai_server: FakeOpenAI) -> None:
+    make(openai_server.url).run(PROMPT)
+    assert posts(openai_server)[-1].json["temperature"] == 0
+    make(openai_server.url, generation_kwargs={"do_sample": True}).run(PROMPT)
+    assert "temperature" not in posts(openai_server)[-1].json
+    make(openai_server.url, generation_kwargs={"top_p": 0.9}).run(PROMPT)
+    assert "temperature" not in posts(openai_server)[-1].json
+
+
+def test_a_transient_404_does_not_switch_a_working_server_to_chat() -> None:
+    with FakeOpenAI(routes={"completions"}) as server:
+        server.faults.append(Fault.status(404, {"detail": "Not Found"}))
+        generator = make(server.url)
+        with pytest.raises(NotFoundError):
+            generator.run(PROMPT)
+        assert generator.run(PROMPT)["meta"][0]["protocol"] == "completions"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("reason", ["abort", "error"])
+def test_aborted_generation_is_an_error_not_a_reply(stream: bool, reason: str) -> None:
+    with FakeOpenAI() as server:
+        server.engine.finish_reason_override = reason
+        generator = make(server.url)
+        with pytest.raises(GenerationError, match=reason):
+            generator.run(PROMPT, streaming_callback=(lambda chunk: None) if stream else None)
+
+
+def test_non_string_finish_reason_is_ignored_not_a_crash() -> None:
+    with FakeOpenAI() as server:
+        server.engine.finish_reason_override = {"type": "stop"}
+        result = make(server.url).run(PROMPT)
+    assert result["replies"] == [TEXT]
+    assert result["meta"][0]["finish_reason"] is None
+
+
+def test_reset_after_the_final_chunk_keeps_the_complete_reply() -> None:
+    # The OpenAI stream carried its finish reason; only the closing [DONE] was lost.
+    with FakeOpenAI(stream_usage="never") as server:
+        server.faults.append(Fault.reset(after_events=8))
+        chunks: list[StreamingChunk] = []
+        result = make(server.url).run(PROMPT, streaming_callback=chunks.append)
+    assert result["replies"] == [TEXT]
+    assert chunks[-1].finish_reason == "stop"

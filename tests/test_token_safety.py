@@ -33,10 +33,11 @@ def test_explicit_token_is_sent_to_the_configured_url(
     assert authorization_headers(tgi) == [f"Bearer {SECRET}"] * 2
 
 
-def test_user_authorization_header_wins(tgi: FakeTGI) -> None:
-    api_params = {"url": tgi.url, "headers": {"Authorization": "Basic abc"}}
-    HuggingFaceAPIGenerator("text_generation_inference", api_params, token=Secret.from_token(SECRET)).run("hello")
-    assert authorization_headers(tgi) == ["Basic abc"] * 2
+def test_credentials_in_headers_are_refused_because_api_params_are_saved_in_plain_text() -> None:
+    with pytest.raises(ValueError, match=r"api_params\['headers'\] must not carry credentials"):
+        HuggingFaceAPIGenerator(
+            "text_generation_inference", {"url": "http://h", "headers": {"authorization": "Basic x"}}
+        )
 
 
 def test_server_with_api_key_accepts_explicit_token() -> None:
@@ -69,6 +70,7 @@ def test_token_never_in_logs_errors_or_repr(tgi: FakeTGI, caplog: pytest.LogCapt
         ("https://router.huggingface.co", True),
         ("https://abc.us-east-1.aws.endpoints.huggingface.cloud", True),
         ("https://user-space.hf.space", True),
+        ("http://huggingface.co", False),  # never in clear text
         ("https://huggingface.co.evil.com", False),
         ("https://evilhuggingface.co", False),
         ("http://localhost:8080", False),

@@ -105,6 +105,11 @@ class OpenAIEngine:
         self.stream_usage: StreamUsage = stream_usage
         self.max_model_len = max_model_len
         self.done_marker = done_marker
+        #: When set, sent as every choice's finish_reason (e.g. vLLM's "abort"), whatever happened.
+        self.finish_reason_override: Any = None
+
+    def _finish_reason(self, gen: Generation) -> Any:
+        return self.finish_reason_override or _FINISH_REASONS[gen.finish_reason]
 
     # Routes -------------------------------------------------------------------------------------
     def completions(self, ex: Exchange, *, served_model: str | None = None) -> None:
@@ -284,7 +289,7 @@ class OpenAIEngine:
     ) -> None:
         choices: list[dict[str, Any]] = []
         for i, (prompt, gen) in enumerate(zip(prompts, generations, strict=True)):
-            finish = {"finish_reason": _FINISH_REASONS[gen.finish_reason], "stop_reason": gen.stop_string}
+            finish = {"finish_reason": self._finish_reason(gen), "stop_reason": gen.stop_string}
             if chat:
                 message = {"role": "assistant", "content": gen.text, "tool_calls": [], "reasoning_content": None}
                 choices.append({"index": i, "message": message, "logprobs": None, **finish})
@@ -338,7 +343,7 @@ class OpenAIEngine:
                 deltas[0] = prompt + deltas[0]
             for j, delta in enumerate(deltas):
                 last = j == len(deltas) - 1
-                finish = _FINISH_REASONS[gen.finish_reason] if last else None
+                finish = self._finish_reason(gen) if last else None
                 choice: dict[str, Any]
                 if chat:
                     content = {"content": delta} if delta or not last else {}

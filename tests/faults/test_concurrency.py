@@ -89,3 +89,15 @@ def test_run_async_from_successive_event_loops() -> None:
         generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": server.url})
         for _ in range(3):
             assert asyncio.run(generator.run_async("q"))["replies"] == [TEXT]
+
+
+def test_one_async_pool_per_event_loop_and_none_left_for_closed_loops() -> None:
+    with FakeTGI() as server:
+        generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": server.url})
+        for _ in range(3):
+            assert asyncio.run(generator.run_async("q"))["replies"] == [TEXT]
+        gc.collect()
+        (transport,) = generator._transports.values()
+        assert len(transport._aclients) <= 1  # the clients of the closed loops are gone
+        generator.close()
+        assert len(transport._aclients) == 0

@@ -223,3 +223,16 @@ def test_prompt_over_the_servers_input_limit_is_a_validation_error() -> None:
             make(server.url, max_retries=3).run("word " * 50, generation_kwargs={"max_new_tokens": 8})
         assert raised.value.status_code == 422
         assert posts(server) == 1  # a validation error is not retried
+
+
+def test_stream_cut_before_any_text_is_retried(tgi: FakeTGI) -> None:
+    tgi.faults.append(Fault.no_final(after_events=0))
+    chunks = Chunks()
+    assert make(tgi.url).run("q", streaming_callback=chunks)["replies"] == [TEXT]
+    assert chunks.text == TEXT
+    assert posts(tgi) == 2
+
+
+def test_stream_meta_names_the_stream_route(tgi: FakeTGI) -> None:
+    meta = make(tgi.url).run("q", streaming_callback=Chunks())["meta"][0]
+    assert meta["route"] == "/generate_stream"

@@ -43,6 +43,12 @@ def make(**kwargs: Any) -> HuggingFaceAPIGenerator:
             r"api_params\['model'\]",
         ),
         ({"api_type": "inference_endpoints", "api_params": {"model": "org/m"}}, ValueError, r"api_params\['url'\]"),
+        (
+            {"api_type": "serverless_inference_api", "api_params": {"model": "org/m", "url": "http://h"}},
+            ValueError,
+            r"api_params\['url'\] does not apply",
+        ),
+        ({"api_params": {"url": DEAD_URL, "timeout": Timeout(connect=-1)}}, ValueError, r"api_params\['timeout'\]"),
         ({"token": "hf_abc"}, TypeError, "token must be a haystack.utils.Secret"),
         ({"streaming_callback": "print"}, TypeError, "streaming_callback"),
         ({"stop_words": "STOP"}, ValueError, "stop_words"),
@@ -115,6 +121,11 @@ def test_api_type_accepts_enum_and_string_and_timeout_forms() -> None:
     assert make(api_type="inference_endpoints").api_type is HFGenerationAPIType.INFERENCE_ENDPOINTS
     assert Timeout.parse(5) == Timeout(connect=5, read=5)
     assert Timeout.parse({"read": 30}) == Timeout(connect=10, read=30)
+
+
+def test_timeout_object_is_stored_serializable() -> None:
+    generator = make(api_params={"url": DEAD_URL, "timeout": Timeout(connect=2, read=30)})
+    assert generator.to_dict()["init_parameters"]["api_params"]["timeout"] == {"connect": 2, "read": 30}
 
 
 def test_default_token_is_env_var_secret() -> None:

@@ -54,11 +54,15 @@ class Timeout:
     connect: float = 10.0
     read: float = 120.0
 
+    def as_dict(self) -> dict[str, float]:
+        """The form `api_params["timeout"]` takes in YAML."""
+        return {"connect": self.connect, "read": self.read}
+
     @staticmethod
     def parse(value: Any) -> Timeout:
         """Accepts a number (both timeouts), a dict with `connect` and/or `read`, or a `Timeout`."""
         if isinstance(value, Timeout):
-            return value
+            value = value.as_dict()
         if isinstance(value, Mapping):
             unknown = set(value) - {"connect", "read"}
             if unknown:
@@ -120,6 +124,11 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
     url = _optional_str(api_params, "url")
     model = _optional_str(api_params, "model")
     if api_type is HFGenerationAPIType.SERVERLESS_INFERENCE_API:
+        if url:
+            raise ValueError(
+                "api_params['url'] does not apply to 'serverless_inference_api' (Inference Providers are found "
+                "from the model id); for a server of your own use api_type 'inference_endpoints'"
+            )
         if not model:
             raise ValueError("api_params['model'] is required for api_type 'serverless_inference_api'")
         if "/" not in model.split(":", 1)[0]:
@@ -137,6 +146,12 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
     )
     if not valid_headers:
         raise TypeError("api_params['headers'] must be a dict of strings to strings")
+    if any(name.lower() in ("authorization", "proxy-authorization") for name in headers):
+        # api_params are saved in plain text by to_dict and pipeline YAML; credentials belong in a Secret.
+        raise ValueError(
+            "api_params['headers'] must not carry credentials (Authorization): pass "
+            "token=Secret.from_env_var('YOUR_VAR') instead, which is never written out"
+        )
 
     protocol = api_params.get("protocol", "auto")
     if protocol not in PROTOCOLS:

@@ -14,10 +14,10 @@ from typing import Any
 
 from haystack.dataclasses import ComponentInfo, StreamingChunk
 
-from ._protocols import Generation, Protocol, normalize_finish_reason
+from ._protocols import FAILED_FINISH_REASONS, Generation, Protocol, normalize_finish_reason
 from ._sse import SSEDecoder
 from ._stop import StopWordFilter, cut_at_stop_words
-from .errors import IncompleteStreamError, ResponseFormatError, error_from_event
+from .errors import GenerationError, IncompleteStreamError, ResponseFormatError, error_from_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,7 @@ def build_meta(
     stopped_by_stop_word: bool,
     prompt_tokens: int | None,
     completion_tokens: int | None,
+    stream: bool,
 ) -> dict[str, Any]:
     """The meta dict of one reply. Token counts appear only when the server reported them."""
     usage: dict[str, int] = {}
@@ -54,14 +55,24 @@ def build_meta(
         "server_finish_reason": raw_finish_reason,
         "usage": usage,
         "protocol": protocol.name,
-        "route": protocol.generate_path,
+        "route": protocol.path(stream),
     }
 
 
+def check_not_failed(raw_finish_reason: str | None, where: str) -> None:
+    """A generation the server gave up on is an error, not a (partial) reply."""
+    if raw_finish_reason in FAILED_FINISH_REASONS:
+        raise GenerationError(
+            f"{where}: the server ended the generation with finish_reason {raw_finish_reason!r}",
+            server_message=raw_finish_reason,
+        )
+
+
 def reply_from_generation(
-    generation: Generation, request: GenerationRequest, protocol: Protocol, model: str | None
+    generation: Generation, request: GenerationRequest, protocol: Protocol, model: str | None, where: str
 ) -> tuple[str, dict[str, Any]]:
     """Shapes a one-piece answer: stop words cut, prompt prepended on request, meta built."""
+    check_not_failed(generation.finish_reason, where)
     text, stopped = cut_at_stop_words(generation.text, request.stop_words)
     meta = build_meta(
         model=generation.model or model,
@@ -70,6 +81,7 @@ def reply_from_generation(
         stopped_by_stop_word=stopped,
         prompt_tokens=generation.prompt_tokens,
         completion_tokens=generation.completion_tokens,
+        stream=False,
     )
     return (request.prompt + text if request.return_full_text else text), meta
 
@@ -161,6 +173,7 @@ class StreamState:
         return self._chunk(text) if text else None
 
     def _record(self, event: Generation) -> None:
+        check_not_failed(event.finish_reason, self._where)
         if event.finish_reason:
             self._raw_finish_reason = event.finish_reason
             self.complete = True
@@ -213,6 +226,7 @@ class StreamState:
             stopped_by_stop_word=self._filter.stopped,
             prompt_tokens=self._prompt_tokens,
             completion_tokens=self._completion_tokens,
+            stream=True,
         )
         meta["completion_start_time"] = self._started_at
         return meta

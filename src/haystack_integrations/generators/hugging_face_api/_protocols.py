@@ -79,6 +79,10 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -132,7 +136,7 @@ class TGIProtocol(Protocol):
         prompt_tokens = int(prompt_tokens_header) if prompt_tokens_header and prompt_tokens_header.isdigit() else None
         return Generation(
             text=payload["generated_text"],
-            finish_reason=details.get("finish_reason"),
+            finish_reason=_str_or_none(details.get("finish_reason")),
             prompt_tokens=prompt_tokens,
             completion_tokens=_int_or_none(details.get("generated_tokens")),
         )
@@ -150,11 +154,14 @@ class TGIProtocol(Protocol):
         details = _mapping(payload.get("details"))
         return Generation(
             text,
-            finish_reason=details.get("finish_reason"),
+            finish_reason=_str_or_none(details.get("finish_reason")),
             prompt_tokens=_int_or_none(details.get("input_length")),
             completion_tokens=_int_or_none(details.get("generated_tokens")),
             final=True,
         )
+
+
+_SAMPLING_PARAMETERS = ("temperature", "top_k", "top_p", "typical_p")
 
 
 class _OpenAIProtocol(Protocol):
@@ -182,8 +189,11 @@ class _OpenAIProtocol(Protocol):
                 body[self._renamed[key]] = value
             elif key in self._passed:
                 body[key] = value
-        if params.get("do_sample") is False:
-            body["temperature"] = 0  # greedy decoding in the OpenAI API
+        # TGI decodes greedily unless asked to sample (do_sample, or a temperature / top_k / top_p);
+        # OpenAI-compatible servers sample by default. Greedy everywhere unless asked keeps backends alike.
+        sampling = params.get("do_sample") is True or any(key in params for key in _SAMPLING_PARAMETERS)
+        if params.get("do_sample") is False or not sampling:
+            body["temperature"] = 0
         if stop:
             body["stop"] = stop
         body["stream"] = stream
@@ -216,10 +226,10 @@ class _OpenAIProtocol(Protocol):
         prompt_tokens, completion_tokens = self._usage(payload)
         return Generation(
             text=text,
-            finish_reason=choice.get("finish_reason") if choice else None,
+            finish_reason=_str_or_none(choice.get("finish_reason")) if choice else None,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            model=payload.get("model"),
+            model=_str_or_none(payload.get("model")),
         )
 
     def parse_event(self, payload: Mapping[str, Any]) -> Generation:
@@ -230,10 +240,10 @@ class _OpenAIProtocol(Protocol):
         text = self._text_of(choice, stream=True)
         return Generation(
             text if isinstance(text, str) else "",
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=_str_or_none(choice.get("finish_reason")),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            model=payload.get("model"),
+            model=_str_or_none(payload.get("model")),
         )
 
 
@@ -284,6 +294,10 @@ _FINISH_REASONS = {
     "content_filter": "content_filter",
     "tool_calls": "tool_calls",
 }
+
+
+#: Finish reasons that mean the generation failed (vLLM: "abort" when the request was cancelled).
+FAILED_FINISH_REASONS = frozenset({"abort", "error"})
 
 
 def normalize_finish_reason(raw: str | None) -> str | None:

@@ -1,7 +1,8 @@
 """
 Retries with exponential backoff, full jitter and `Retry-After`.
 
-Retried: connection failures and timeouts, HTTP 408, 429 and 5xx, and TGI's "overloaded" error events.
+Retried: connection failures and timeouts, streams cut before their end, HTTP 408, 429 and 5xx, and
+TGI's "overloaded" error events.
 Never retried: anything once streamed text has reached the user's callback, because a second attempt
 would deliver the beginning again. The caller passes `delivered()` so this module can tell.
 """
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import APIConnectionError, HuggingFaceAPIError, OverloadedError, ServerError
+from .errors import APIConnectionError, HuggingFaceAPIError, IncompleteStreamError, OverloadedError, ServerError
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +34,20 @@ class RetryPolicy:
     #: A server asking for a longer wait than this is not waited for: the error is raised instead.
     max_retry_after: float = 60.0
 
+    @staticmethod
+    def is_transient(error: HuggingFaceAPIError) -> bool:
+        """Whether `error` says "not now" rather than "not this request": worth another attempt."""
+        if isinstance(error, APIConnectionError | OverloadedError | ServerError | IncompleteStreamError):
+            return True
+        return error.status_code == 408
+
     def should_retry(self, error: HuggingFaceAPIError, attempt: int, delivered: str) -> bool:
         """Whether `error`, raised by attempt number `attempt` (0-based), deserves another attempt."""
         if attempt >= self.max_retries or delivered:
             return False
         if error.retry_after is not None and error.retry_after > self.max_retry_after:
             return False
-        if isinstance(error, APIConnectionError | OverloadedError | ServerError):
-            return True
-        return error.status_code == 408
+        return self.is_transient(error)
 
     def delay(self, attempt: int, error: HuggingFaceAPIError) -> float:
         """Seconds to wait before the next attempt: the server's `Retry-After`, else jittered backoff."""

@@ -25,6 +25,7 @@ from ._protocols import ChatProtocol, CompletionsProtocol, Protocol, TGIProtocol
 from .errors import APIStatusError, ProviderResolutionError
 
 DEFAULT_HUB_URL = "https://huggingface.co"
+_ROUTER_POLICIES = ("fastest", "cheapest", "preferred")
 DEFAULT_ROUTER_URL = "https://router.huggingface.co"
 
 
@@ -163,7 +164,8 @@ def resolve_provider_route(settings: APISettings, has_token: bool) -> Resolution
     """Picks an Inference Provider and route for `serverless_inference_api`."""
     assert settings.model is not None
     model, _, suffix = settings.model.partition(":")
-    wanted = settings.provider or suffix or "auto"
+    # ":fastest", ":cheapest" and ":preferred" are the router's selection policies, not providers.
+    wanted = settings.provider or (suffix if suffix not in _ROUTER_POLICIES else "") or "auto"
     if not has_token:
         raise ProviderResolutionError(
             f"Inference Providers need a Hugging Face token to run {model!r}: set HF_TOKEN (or HF_API_TOKEN), "

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -37,10 +38,13 @@ _HF_DOMAINS = ("huggingface.co", "hf.space", "huggingface.cloud")
 
 
 def is_hugging_face_url(url: str) -> bool:
-    """True for huggingface.co, *.hf.space, *.huggingface.cloud and the Hub and router named by env vars."""
+    """
+    True for https URLs of huggingface.co, *.hf.space and *.huggingface.cloud, and for the Hub and router
+    named by `HF_ENDPOINT` / `HF_ROUTER_URL`.
+    """
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
-    if any(host == domain or host.endswith("." + domain) for domain in _HF_DOMAINS):
+    if parts.scheme == "https" and any(host == domain or host.endswith("." + domain) for domain in _HF_DOMAINS):
         return True
     # Pointing HF_ENDPOINT / HF_ROUTER_URL somewhere is the user saying that server is their Hugging Face.
     configured = (os.environ.get("HF_ENDPOINT"), os.environ.get("HF_ROUTER_URL"))
@@ -89,7 +93,7 @@ class HTTPTransport:
     Sends requests to one base URL.
 
     Thread-safe: `httpx.Client` is, and it is created once under a lock. An `httpx.AsyncClient` is
-    bound to the event loop it was created in, so one is kept per running loop.
+    bound to the event loop it was created in, so one is kept per loop.
     """
 
     def __init__(self, base_url: str, headers: Mapping[str, str], timeout: Timeout, verify: bool) -> None:
@@ -104,8 +108,11 @@ class HTTPTransport:
         self._limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
-        self._aclient: httpx.AsyncClient | None = None
-        self._aclient_loop: asyncio.AbstractEventLoop | None = None
+        # An AsyncClient's connections belong to the loop that opened them: one client per loop, dropped
+        # with its loop (asyncio.run closes a loop; its client cannot be reused).
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"HTTPTransport(base_url={self.base_url!r})"
@@ -133,32 +140,34 @@ class HTTPTransport:
 
     def _async_client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
-        if self._aclient is None or self._aclient_loop is not loop:
-            self._aclient = httpx.AsyncClient(**self._client_options())
-            self._aclient_loop = loop
-        return self._aclient
+        client = self._aclients.get(loop)
+        if client is None:
+            with self._lock:
+                for stale in [other for other in self._aclients if other.is_closed()]:
+                    del self._aclients[stale]
+                client = self._aclients.setdefault(loop, httpx.AsyncClient(**self._client_options()))
+        return client
 
     def close(self) -> None:
-        """Closes the sync pool, and the async pool if its loop is gone or not running."""
+        """Closes the sync pool, and the async pools whose loops are not running."""
         with self._lock:
             client, self._client = self._client, None
+            idle = [(loop, self._aclients.pop(loop)) for loop in list(self._aclients) if not loop.is_running()]
         if client is not None:
             client.close()
-        loop = self._aclient_loop
-        if self._aclient is not None and (loop is None or loop.is_closed() or not loop.is_running()):
-            if loop is not None and not loop.is_closed():
-                loop.run_until_complete(self._aclient.aclose())
-            self._aclient, self._aclient_loop = None, None
+        for loop, aclient in idle:
+            if not loop.is_closed():
+                loop.run_until_complete(aclient.aclose())
 
     async def aclose(self) -> None:
-        """Closes both pools (the async one only from its own loop)."""
+        """Closes the sync pool and this loop's async pool."""
         with self._lock:
             client, self._client = self._client, None
+            aclient = self._aclients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             client.close()
-        if self._aclient is not None and self._aclient_loop is asyncio.get_running_loop():
-            await self._aclient.aclose()
-            self._aclient, self._aclient_loop = None, None
+        if aclient is not None:
+            await aclient.aclose()
 
     # --- requests ------------------------------------------------------------------------------
 

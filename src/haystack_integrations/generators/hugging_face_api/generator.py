@@ -9,7 +9,8 @@ import logging
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from haystack import component, default_from_dict, default_to_dict
@@ -19,6 +20,7 @@ from haystack.utils import Secret, deserialize_callable, deserialize_secrets_inp
 from ._config import (
     DEFAULT_MAX_NEW_TOKENS,
     HFGenerationAPIType,
+    Timeout,
     check_generation_kwargs,
     check_prompt,
     check_stop_words,
@@ -26,6 +28,7 @@ from ._config import (
     parse_api_params,
 )
 from ._generation import GenerationRequest, StreamState, reply_from_generation
+from ._protocols import Protocol
 from ._retry import RetryPolicy, acall_with_retries, call_with_retries
 from ._routing import (
     Probe,
@@ -37,7 +40,7 @@ from ._routing import (
     resolve_url_route,
 )
 from ._transport import HTTPTransport, is_hugging_face_url
-from .errors import APIStatusError, OverloadedError, ResponseFormatError, ServerError
+from .errors import APIStatusError, HuggingFaceAPIError, ResponseFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ def _failed_probe(error: APIStatusError | ResponseFormatError) -> ProbeAnswer:
     Client errors and non-JSON bodies answer a probe (a vLLM server has no /info). A busy or failing
     server (408, 429, 5xx) answers nothing yet: that error is raised, so it is retried.
     """
-    if isinstance(error, ServerError | OverloadedError) or error.status_code == 408:
+    if RetryPolicy.is_transient(error):
         raise error
     if isinstance(error, APIStatusError):
         return ProbeAnswer(error.status_code or 0, error=error)
@@ -132,6 +135,8 @@ class HuggingFaceAPIGenerator:
         check_generation_kwargs(generation_kwargs, "generation_kwargs")
         self.api_type = api_type
         self.api_params = copy.deepcopy(api_params)
+        if isinstance(self.api_params.get("timeout"), Timeout):  # keep api_params serializable
+            self.api_params["timeout"] = self.api_params["timeout"].as_dict()
         self.token = token
         self.generation_kwargs = copy.deepcopy(generation_kwargs) if generation_kwargs else {}
         self.generation_kwargs.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
@@ -331,7 +336,7 @@ class HuggingFaceAPIGenerator:
     def _headers_for(self, base_url: str) -> dict[str, str]:
         headers = dict(self._settings.headers)
         token = self._token_value()
-        if token and not any(key.lower() == "authorization" for key in headers):
+        if token:
             if _is_ambient(self.token) and not is_hugging_face_url(base_url):
                 logger.info(
                     "Not sending the token from HF_TOKEN/HF_API_TOKEN to %s (not a Hugging Face host); pass "
@@ -350,11 +355,15 @@ class HuggingFaceAPIGenerator:
             return resolution, {"server": self._settings.url}
         return resolve_provider_route(self._settings, self._token_value() is not None), {"hub": hub_url()}
 
-    def _fall_back(self, route: Route, error: APIStatusError) -> Route:
-        """The fallback route when the first request found no route (404/405); otherwise re-raises `error`."""
+    @staticmethod
+    def _fall_back(route: Route, error: APIStatusError) -> Route:
+        """
+        The fallback route when the first request found no route (404/405); otherwise re-raises `error`.
+        It is kept only once a request through it succeeds.
+        """
         if route.fallback is None or error.status_code not in (404, 405):
             raise error
-        return self._set_route(route.fallen_back())
+        return route.fallen_back()
 
     def _set_route(self, route: Route) -> Route:
         self._route = route
@@ -417,35 +426,39 @@ class HuggingFaceAPIGenerator:
 
     # --- generation ------------------------------------------------------------------------------
 
-    def _generate(
-        self, route: Route, request: GenerationRequest, callback: Callable[[StreamingChunk], Any] | None
-    ) -> tuple[str, dict[str, Any]]:
+    def _call(self, route: Route, request: GenerationRequest, stream: bool) -> _Call:
         self._check_against_route(route, request)
         protocol = route.protocol
         transport = self._transport(route.base_url)
-        body = protocol.build_body(request.prompt, request.params, request.stop_words, stream=callback is not None)
+        body = protocol.build_body(request.prompt, request.params, request.stop_words, stream=stream)
+        path = protocol.path(stream)
+        return _Call(protocol, transport, path, body, request, route.model, f"POST {transport.base_url}{path}")
+
+    def _generate(
+        self, route: Route, request: GenerationRequest, callback: Callable[[StreamingChunk], Any] | None
+    ) -> tuple[str, dict[str, Any]]:
+        call = self._call(route, request, stream=callback is not None)
         if callback is None:
-
-            def one_piece() -> tuple[str, dict[str, Any]]:
-                payload, headers = transport.request_json("POST", protocol.generate_path, body)
-                generation = protocol.parse_generation(payload, headers.get("x-prompt-tokens"))
-                return reply_from_generation(generation, request, protocol, route.model)
-
-            return call_with_retries(self._retry, one_piece, lambda: "")
-
-        state = self._stream_state(route, request, transport)
+            return call_with_retries(
+                self._retry, lambda: call.reply(*call.transport.request_json("POST", call.path, call.body)), lambda: ""
+            )
+        state = call.stream_state(ComponentInfo.from_component(self))
 
         def streamed() -> tuple[str, dict[str, Any]]:
             state.reset()
-            with transport.stream_lines(protocol.stream_path, body) as lines:
-                for line in lines:
-                    if (chunk := state.feed_line(line)) is not None:
-                        callback(chunk)
-                    if state.done:
-                        break
-                else:
-                    if (chunk := state.feed_end()) is not None:
-                        callback(chunk)
+            try:
+                with call.transport.stream_lines(call.path, call.body) as lines:
+                    for line in lines:
+                        if (chunk := state.feed_line(line)) is not None:
+                            callback(chunk)
+                        if state.done:
+                            break
+                    else:
+                        if (chunk := state.feed_end()) is not None:
+                            callback(chunk)
+            except HuggingFaceAPIError:
+                if not state.complete:
+                    raise  # otherwise the reply is whole; only the stream's tail broke
             callback(state.final_chunk())
             return state.delivered, state.meta()
 
@@ -454,20 +467,14 @@ class HuggingFaceAPIGenerator:
     async def _agenerate(
         self, route: Route, request: GenerationRequest, callback: Callable[[StreamingChunk], Any] | None
     ) -> tuple[str, dict[str, Any]]:
-        self._check_against_route(route, request)
-        protocol = route.protocol
-        transport = self._transport(route.base_url)
-        body = protocol.build_body(request.prompt, request.params, request.stop_words, stream=callback is not None)
+        call = self._call(route, request, stream=callback is not None)
         if callback is None:
 
             async def one_piece() -> tuple[str, dict[str, Any]]:
-                payload, headers = await transport.arequest_json("POST", protocol.generate_path, body)
-                generation = protocol.parse_generation(payload, headers.get("x-prompt-tokens"))
-                return reply_from_generation(generation, request, protocol, route.model)
+                return call.reply(*await call.transport.arequest_json("POST", call.path, call.body))
 
             return await acall_with_retries(self._retry, one_piece, lambda: "")
-
-        state = self._stream_state(route, request, transport)
+        state = call.stream_state(ComponentInfo.from_component(self))
 
         async def deliver(chunk: StreamingChunk) -> None:
             result = callback(chunk)
@@ -476,23 +483,45 @@ class HuggingFaceAPIGenerator:
 
         async def streamed() -> tuple[str, dict[str, Any]]:
             state.reset()
-            async with transport.astream_lines(protocol.stream_path, body) as lines:
-                async for line in lines:
-                    if (chunk := state.feed_line(line)) is not None:
-                        await deliver(chunk)
-                    if state.done:
-                        break
-                else:
-                    if (chunk := state.feed_end()) is not None:
-                        await deliver(chunk)
+            try:
+                async with call.transport.astream_lines(call.path, call.body) as lines:
+                    async for line in lines:
+                        if (chunk := state.feed_line(line)) is not None:
+                            await deliver(chunk)
+                        if state.done:
+                            break
+                    else:
+                        if (chunk := state.feed_end()) is not None:
+                            await deliver(chunk)
+            except HuggingFaceAPIError:
+                if not state.complete:
+                    raise  # otherwise the reply is whole; only the stream's tail broke
             await deliver(state.final_chunk())
             return state.delivered, state.meta()
 
         return await acall_with_retries(self._retry, streamed, lambda: state.delivered)
 
-    def _stream_state(self, route: Route, request: GenerationRequest, transport: HTTPTransport) -> StreamState:
-        where = f"POST {transport.base_url}{route.protocol.stream_path}"
-        return StreamState(request, route.protocol, route.model, ComponentInfo.from_component(self), where)
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One generation request, ready to send: what sync and async runs share."""
+
+    protocol: Protocol
+    transport: HTTPTransport
+    path: str
+    body: dict[str, Any]
+    request: GenerationRequest
+    model: str | None
+    where: str
+
+    def reply(self, payload: Any, headers: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+        """The reply and meta of a one-piece answer."""
+        generation = self.protocol.parse_generation(payload, headers.get("x-prompt-tokens"))
+        return reply_from_generation(generation, self.request, self.protocol, self.model, self.where)
+
+    def stream_state(self, component_info: ComponentInfo) -> StreamState:
+        """A fresh follower for the streamed answer."""
+        return StreamState(self.request, self.protocol, self.model, component_info, self.where)
 
 
 # Pipelines saved by Haystack 2.x name the old module; registering the alias lets them load once this
