@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 from .errors import ResponseFormatError
 
@@ -75,8 +75,13 @@ class Protocol:
         raise NotImplementedError
 
 
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    # Decoded JSON objects are dicts: test that first, the ABC check costs ~6x more.
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if _is_mapping(value) else {}
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -143,7 +148,7 @@ class TGIProtocol(Protocol):
 
     def parse_event(self, payload: Mapping[str, Any]) -> Generation:
         token = payload.get("token")
-        if not isinstance(token, Mapping):
+        if not _is_mapping(token):
             raise _malformed("'token' in a stream event", payload)
         # Special tokens (</s>, <|im_end|> ...) are the model's markup, never text for the user.
         text = "" if token.get("special") else token.get("text")
@@ -204,14 +209,14 @@ class _OpenAIProtocol(Protocol):
     @staticmethod
     def _usage(payload: Mapping[str, Any]) -> tuple[int | None, int | None]:
         usage = payload.get("usage")
-        if not isinstance(usage, Mapping):
+        if not _is_mapping(usage):
             return None, None
         return _int_or_none(usage.get("prompt_tokens")), _int_or_none(usage.get("completion_tokens"))
 
     @staticmethod
     def _first_choice(payload: Any) -> Mapping[str, Any] | None:
-        choices = payload.get("choices") if isinstance(payload, Mapping) else None
-        if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+        choices = payload.get("choices") if _is_mapping(payload) else None
+        if isinstance(choices, list) and choices and _is_mapping(choices[0]):
             return choices[0]
         return None
 
