@@ -1,7 +1,7 @@
 """
-HTTP: one keep-alive connection pool per generator (and per event loop for async), timeouts, size
-limits, and the translation of httpx's exceptions into ours. One attempt per call: retries live in
-`_retry`, protocols in `_protocols`.
+HTTP: one keep-alive connection pool per generator and server (per event loop for async), spread over
+`POOLS` httpx clients, timeouts, size limits, and the translation of httpx's exceptions into ours.
+One attempt per call: retries live in `_retry`, protocols in `_protocols`.
 """
 
 from __future__ import annotations
