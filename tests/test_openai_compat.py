@@ -215,3 +215,8 @@ def test_reset_after_the_final_chunk_keeps_the_complete_reply() -> None:
         result = make(server.url).run(PROMPT, streaming_callback=chunks.append)
     assert result["replies"] == [TEXT]
     assert chunks[-1].finish_reason == "stop"
+
+
+def test_neutral_top_p_does_not_ask_for_sampling(openai_server: FakeOpenAI) -> None:
+    make(openai_server.url, generation_kwargs={"top_p": 1.0}).run(PROMPT)
+    assert posts(openai_server)[-1].json["temperature"] == 0

@@ -165,3 +165,10 @@ def test_list_shaped_mapping_is_read_too(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setenv("HF_ROUTER_URL", router.url)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
         assert make("org/chat-only").run("hi")["replies"] == [TEXT]
+
+
+def test_router_policy_suffix_is_passed_to_the_router(providers: tuple[FakeHub, FakeRouter]) -> None:
+    _, router = providers
+    make("org/text-model:cheapest").run("hi")
+    assert posts(router)[0].path == "/v1/chat/completions"
+    assert posts(router)[0].json["model"] == "org/text-model:cheapest"

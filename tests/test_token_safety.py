@@ -89,3 +89,10 @@ def test_hosts_named_by_hf_endpoint_and_router_env_are_trusted(monkeypatch: pyte
 def test_trust_from_env_is_for_that_server_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_ROUTER_URL", "http://127.0.0.1:5555")
     assert not is_hugging_face_url("http://127.0.0.1:8080")
+
+
+def test_token_with_its_own_scheme_is_sent_as_it_is(tgi: FakeTGI) -> None:
+    HuggingFaceAPIGenerator(
+        "text_generation_inference", {"url": tgi.url}, token=Secret.from_token("Basic dXNlcjpw")
+    ).run("hi")
+    assert authorization_headers(tgi) == ["Basic dXNlcjpw"] * 2

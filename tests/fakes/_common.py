@@ -657,6 +657,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # the listen backlog: tests open hundreds of connections at once
     block_on_close = False  # stop() closes every connection itself; handler threads are daemons
 
     def __init__(self, fake: FakeServer) -> None:

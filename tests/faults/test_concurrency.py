@@ -101,3 +101,22 @@ def test_one_async_pool_per_event_loop_and_none_left_for_closed_loops() -> None:
         assert len(transport._aclients) <= 1  # the clients of the closed loops are gone
         generator.close()
         assert len(transport._aclients) == 0
+
+
+def test_close_from_async_code_never_drives_another_loop() -> None:
+    with FakeTGI() as server:
+        generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": server.url})
+        other = asyncio.new_event_loop()  # an open, idle loop with a pool of its own
+        other.run_until_complete(generator.run_async("q"))
+
+        async def main() -> None:
+            assert (await generator.run_async("q"))["replies"] == [TEXT]
+            generator.close()  # must not try to run `other` from inside this running loop
+            await generator.aclose()
+
+        asyncio.run(main())
+        other.run_until_complete(generator.aclose())
+        other.close()
+        generator.close()
+        (transport,) = generator._transports.values()
+        assert len(transport._aclients) == 0

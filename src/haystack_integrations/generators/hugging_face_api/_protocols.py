@@ -167,6 +167,8 @@ class TGIProtocol(Protocol):
 
 
 _SAMPLING_PARAMETERS = ("temperature", "top_k", "top_p", "typical_p")
+# Values that leave the distribution as it is: they do not ask for sampling (TGI drops top_p 1.0 too).
+_NEUTRAL: dict[str, Any] = {"top_p": 1, "temperature": 0}
 
 
 class _OpenAIProtocol(Protocol):
@@ -196,7 +198,9 @@ class _OpenAIProtocol(Protocol):
                 body[key] = value
         # TGI decodes greedily unless asked to sample (do_sample, or a temperature / top_k / top_p);
         # OpenAI-compatible servers sample by default. Greedy everywhere unless asked keeps backends alike.
-        sampling = params.get("do_sample") is True or any(key in params for key in _SAMPLING_PARAMETERS)
+        sampling = params.get("do_sample") is True or any(
+            key in params and params[key] != _NEUTRAL.get(key) for key in _SAMPLING_PARAMETERS
+        )
         if params.get("do_sample") is False or not sampling:
             body["temperature"] = 0
         if stop:

@@ -193,6 +193,9 @@ def resolve_provider_route(settings: APISettings, has_token: bool) -> Resolution
                 "or deploy it on an Inference Endpoint and use api_type='inference_endpoints'"
             )
     base_url = router_url()
+    if suffix in _ROUTER_POLICIES and any(m.task == "conversational" for m in candidates):
+        # The user asked the router to choose by its policy: only its chat route does that.
+        return Route(base_url, ChatProtocol(f"{model}:{suffix}"), model=model)
     for mapping in candidates:
         if mapping.task == "text-generation":
             if mapping.provider == "hf-inference":

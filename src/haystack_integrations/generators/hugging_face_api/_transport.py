@@ -191,16 +191,16 @@ class HTTPTransport:
             busy[index] -= 1
 
     def close(self) -> None:
-        """Closes the sync pools, and the async pools whose loops are not running."""
+        """
+        Closes the sync pools and forgets the async pools of closed loops. An open loop's async pools
+        are closed only by `aclose()` on that loop: driving someone else's loop from here is not safe.
+        """
         with self._lock:
             clients, self._clients = self._clients, ()
-            idle = [(loop, self._aclients.pop(loop)[0]) for loop in list(self._aclients) if not loop.is_running()]
+            for loop in [loop for loop in self._aclients if loop.is_closed()]:
+                del self._aclients[loop]
         for client in clients:
             client.close()
-        for loop, aclients in idle:
-            if not loop.is_closed():
-                for aclient in aclients:
-                    loop.run_until_complete(aclient.aclose())
 
     async def aclose(self) -> None:
         """Closes the sync pools and this loop's async pools."""

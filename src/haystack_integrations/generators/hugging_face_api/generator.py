@@ -207,7 +207,10 @@ class HuggingFaceAPIGenerator:
         self._ensure_route()
 
     def close(self) -> None:
-        """Closes the connection pools. The generator reconnects if used again."""
+        """
+        Closes the connection pools of sync runs. The generator reconnects if used again. In async code,
+        use `await aclose()` (or `async with`) on the loop that ran the requests.
+        """
         with self._lock:
             transports = list(self._transports.values())
         for transport in transports:
@@ -344,7 +347,8 @@ class HuggingFaceAPIGenerator:
                     base_url,
                 )
             else:
-                headers["Authorization"] = f"Bearer {token}"
+                # A value with a scheme ("Basic ...", "Bearer ...") is sent as it is; a bare token is a bearer token.
+                headers["Authorization"] = token if " " in token.strip() else f"Bearer {token}"
         if self._settings.bill_to:
             headers["X-HF-Bill-To"] = self._settings.bill_to
         return headers
