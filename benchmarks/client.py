@@ -339,35 +339,27 @@ class Runner:
         assert self.loop is not None
         return self.loop.run_until_complete(coro)
 
-    def calls(self, n: int) -> str:
-        reply = ""
+    def _repeat(self, n: int, sync_call: Any, async_call: Any) -> str:
+        """n sequential calls, sync or on the loop; returns the last reply (checked by the caller)."""
         if self.loop is None:
+            reply = ""
             for _ in range(n):
-                reply = self.peer.call()
+                reply = sync_call()
             return reply
 
         async def sequential() -> str:
-            text = ""
+            reply = ""
             for _ in range(n):
-                text = await self.peer.acall()
-            return text
+                reply = await async_call()
+            return reply
 
         return self._run(sequential())
+
+    def calls(self, n: int) -> str:
+        return self._repeat(n, self.peer.call, self.peer.acall)
 
     def streams(self, n: int) -> str:
-        text = ""
-        if self.loop is None:
-            for _ in range(n):
-                text = self.peer.stream()
-            return text
-
-        async def sequential() -> str:
-            last = ""
-            for _ in range(n):
-                last = await self.peer.astream()
-            return last
-
-        return self._run(sequential())
+        return self._repeat(n, self.peer.stream, self.peer.astream)
 
     def in_flight(self, n: int, seconds: float) -> int:
         """Up to n requests, 64 at a time, none started after `seconds`; returns how many were made."""

@@ -101,8 +101,8 @@ class HTTPTransport:
     """
     Sends requests to one base URL.
 
-    Thread-safe: `httpx.Client` is, and it is created once under a lock. An `httpx.AsyncClient` is
-    bound to the event loop it was created in, so one is kept per loop.
+    Thread-safe: the sync clients are created once under a lock and httpx.Client is thread-safe. An
+    httpx.AsyncClient is bound to the event loop it was created in, so each loop has its own clients.
     """
 
     def __init__(self, base_url: str, headers: Mapping[str, str], timeout: Timeout, verify: bool) -> None:
@@ -113,15 +113,12 @@ class HTTPTransport:
         # Proxy settings from the environment are for the outside world; a proxy would refuse (or see)
         # traffic meant for a server on this machine.
         self._trust_env = not _is_loopback(self.base_url)
-        # Generous: 64 requests in flight is a normal batch; TGI's own default cap is 128.
-        self._limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self._lock = threading.Lock()
         self._clients: tuple[httpx.Client, ...] = ()
         self._busy: list[int] = []  # requests in flight per sync pool, under self._lock
         self._ssl_context: ssl.SSLContext | None = None
-        # An AsyncClient's connections belong to the loop that opened them: one client per loop, dropped
-        # with its loop (asyncio.run closes a loop; its client cannot be reused).
-        # Each loop's pools and their requests in flight (a loop runs one task at a time: no lock needed).
+        # Each loop's clients and their requests in flight (a loop runs one task at a time: its counters
+        # need no lock). Clients of a closed loop cannot be reused; they are dropped (see `close`).
         self._aclients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[tuple[httpx.AsyncClient, ...], list[int]]
         ] = weakref.WeakKeyDictionary()
@@ -131,25 +128,22 @@ class HTTPTransport:
 
     # --- clients -------------------------------------------------------------------------------
 
-    def _client_options(self) -> dict[str, Any]:
+    def _pool_options(self) -> dict[str, Any]:
+        """Options for one of the POOLS clients: a share of the limits, one TLS context for all."""
+        verify: bool | ssl.SSLContext = self._verify
+        if verify:  # loading the CA bundle costs ~10 ms: once, not once per pool
+            if self._ssl_context is None:
+                self._ssl_context = httpx.create_ssl_context(trust_env=self._trust_env)
+            verify = self._ssl_context
         return {
             "base_url": self.base_url,
             "headers": self._headers,
             "timeout": self._timeout,
-            "verify": self._verify,
-            "limits": self._limits,
+            "verify": verify,
+            # 256 connections in all is generous: TGI's own default cap is 128 requests in flight.
+            "limits": httpx.Limits(max_connections=256 // POOLS, max_keepalive_connections=64 // POOLS),
             "trust_env": self._trust_env,
         }
-
-    def _pool_options(self) -> dict[str, Any]:
-        """Options for one of the POOLS clients: a share of the limits, one TLS context for all."""
-        options = self._client_options()
-        options["limits"] = httpx.Limits(max_connections=256 // POOLS, max_keepalive_connections=64 // POOLS)
-        if self._verify:  # loading the CA bundle costs ~10 ms: once, not once per pool
-            if self._ssl_context is None:
-                self._ssl_context = httpx.create_ssl_context(trust_env=self._trust_env)
-            options["verify"] = self._ssl_context
-        return options
 
     @contextmanager
     def _sync_client(self) -> Iterator[httpx.Client]:
@@ -233,10 +227,12 @@ class HTTPTransport:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         return error_from_response(response.status_code, body, retry_after, where)
 
-    @staticmethod
-    def _decode(body: bytes, where: str) -> Any:
+    def _answer(self, response: httpx.Response, body: bytes, where: str) -> tuple[Any, httpx.Headers]:
+        """A complete one-piece answer: its decoded JSON and headers, or the error it stands for."""
+        if response.status_code >= 400:
+            raise self._error(response, body, where)
         try:
-            return json.loads(body)
+            return json.loads(body), response.headers
         except ValueError:
             raise ResponseFormatError(f"{where} returned invalid JSON: {body[:200]!r}") from None
 
@@ -262,10 +258,7 @@ class HTTPTransport:
                     response.close()
             except httpx.HTTPError as error:
                 raise _translate(error, where) from None
-            content = b"".join(chunks)
-            if response.status_code >= 400:
-                raise self._error(response, content, where)
-            return self._decode(content, where), response.headers
+            return self._answer(response, b"".join(chunks), where)
 
     async def arequest_json(self, method: str, path: str, body: Any = None) -> tuple[Any, httpx.Headers]:
         """The async twin of `request_json`."""
@@ -285,10 +278,7 @@ class HTTPTransport:
                     await response.aclose()
             except httpx.HTTPError as error:
                 raise _translate(error, where) from None
-            content = b"".join(chunks)
-            if response.status_code >= 400:
-                raise self._error(response, content, where)
-            return self._decode(content, where), response.headers
+            return self._answer(response, b"".join(chunks), where)
 
     @contextmanager
     def stream_lines(self, path: str, body: Any) -> Iterator[Iterator[str]]:

@@ -114,7 +114,8 @@ class HuggingFaceAPIGenerator:
             (an organization to bill), `timeout` (seconds, or `{"connect": s, "read": s}`; default
             10 s / 120 s), `headers` (extra HTTP headers), `protocol` (`auto`, `tgi`, `completions`,
             `chat`; default `auto`), `max_retries` (default 3) and `verify` (TLS verification, default True).
-        :param token: The Hugging Face token, sent as a bearer token. The default reads `HF_API_TOKEN`
+        :param token: The Hugging Face token, sent as `Authorization: Bearer <token>` (a value that has its
+            own scheme, such as `Basic ...`, is sent as it is). The default reads `HF_API_TOKEN`
             or `HF_TOKEN` and sends it only to Hugging Face hosts; any other secret is sent to the
             configured URL.
         :param generation_kwargs: Generation parameters with TGI's names: `max_new_tokens` (default 512),
