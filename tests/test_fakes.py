@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import http.client
+import itertools
 import json
+import os
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -16,7 +23,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.fakes import DEFAULT_TOKENS, FakeHub, FakeOpenAI, FakeRouter, FakeTGI, Fault, TGILimits
+from tests.fakes import (
+    DEFAULT_TOKENS,
+    PAUSED_BODY,
+    PAUSED_HINT,
+    UNAVAILABLE_BODY,
+    CertificateAuthority,
+    EndpointProxy,
+    FakeHub,
+    FakeOpenAI,
+    FakeRouter,
+    FakeServer,
+    FakeTGI,
+    Fault,
+    ForwardProxy,
+    ServerCertificate,
+    TGILimits,
+    issue_cert,
+    make_ca,
+)
 from tests.fakes._common import generate, huge_vocab, stream_deltas
 
 FULL_TEXT = "".join(DEFAULT_TOKENS)  # "Natural Language Processing is a field."
@@ -945,3 +970,711 @@ async def test_concurrent_streams():
             elapsed = time.monotonic() - start
     assert texts == [FULL_TEXT] * 6
     assert elapsed < 6 * 8 * 0.05  # served in parallel, not one after the other
+
+
+# --------------------------------------------------------------------------------------------------
+# Stdlib clients for the parts below: http.client, urllib, raw sockets and ssl only
+# --------------------------------------------------------------------------------------------------
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+SECRET = "Bearer hf_SuperSecretToken123"
+
+
+def call(
+    server: FakeServer,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: (status, lower-cased headers, body). A non-bytes body is JSON."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        all_headers = dict(headers or {})
+        if body is not None and not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+            all_headers = {**JSON_HEADERS, **all_headers}
+        conn.request(method, path, body=body, headers=all_headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def raw_post(port: int, path: str, payload: Any) -> bytes:
+    """POST with ``Connection: close`` over a raw socket; everything the server sent until it closed."""
+    body = json.dumps(payload).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        try:
+            while piece := sock.recv(65536):
+                received += piece
+        except ConnectionResetError:
+            pass
+    return received
+
+
+def split_chunks(body: bytes) -> tuple[list[bytes], bool]:
+    """The chunks of a chunked body, and whether it ended with the ``0\\r\\n\\r\\n`` terminator."""
+    chunks: list[bytes] = []
+    rest = body
+    while rest:
+        size_line, found, rest = rest.partition(b"\r\n")
+        if not found:
+            break
+        size = int(size_line, 16)
+        if size == 0:
+            return chunks, rest == b"\r\n"
+        chunks.append(rest[:size])
+        assert rest[size : size + 2] == b"\r\n"
+        rest = rest[size + 2 :]
+    return chunks, False
+
+
+def no_proxy_opener(*handlers: urllib.request.BaseHandler) -> urllib.request.OpenerDirector:
+    """A urllib opener that ignores the environment's proxy settings."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), *handlers)
+
+
+def wait_until(condition: Any, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_new_options_are_off_by_default(tgi: FakeTGI):
+    assert tgi.url.startswith("http://127.0.0.1:")
+    assert tgi.endpoint is None
+    assert call(tgi, "GET", "/info")[0] == 200
+    assert tgi.requests[0].endpoint is None
+    assert (tgi.aborted_streams, tgi.tls_errors) == ([], [])
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference Endpoint proxy
+# --------------------------------------------------------------------------------------------------
+
+
+def test_endpoint_scaled_to_zero_answers_503_until_the_replica_is_ready(tgi: FakeTGI):
+    endpoint = tgi.endpoint = EndpointProxy(cold_for=0.3, retry_after=2)
+    tgi.faults.append(Fault.overloaded())
+    assert (endpoint.state, endpoint.ready_at, endpoint.cold_started_at) == ("scaledToZero", None, None)
+    before = time.monotonic()
+    status, headers, body = call(tgi, "GET", "/info")  # a probe wakes it up too
+    assert (status, headers["retry-after"], body.decode()) == (503, "2", UNAVAILABLE_BODY)
+    assert endpoint.state == "initializing"
+    assert endpoint.cold_started_at is not None and before <= endpoint.cold_started_at <= time.monotonic()
+    assert endpoint.ready_at == pytest.approx(endpoint.cold_started_at + 0.3)
+    assert call(tgi, "POST", "/generate", {"inputs": PROMPT})[0] == 503
+    assert len(tgi.faults) == 1  # answered by the proxy: the engine's fault is still queued
+    time.sleep(max(endpoint.ready_at - time.monotonic(), 0) + 0.01)
+    assert endpoint.state == "running"
+    assert call(tgi, "GET", "/info")[0] == 200
+    assert call(tgi, "POST", "/generate", {"inputs": PROMPT})[0] == 429  # the engine's fault, now
+    assert (endpoint.unavailable, endpoint.passed, endpoint.holds) == (2, 2, 0)
+    assert [r.endpoint for r in tgi.requests] == ["cold", "cold", "passed", "passed"]
+    assert [e.action for e in endpoint.events] == ["cold", "cold", "passed", "passed"]
+
+
+def test_endpoint_holds_requests_with_x_scale_up_timeout_until_ready(vllm: FakeOpenAI):
+    endpoint = vllm.endpoint = EndpointProxy(cold_for=0.3)
+    answers: dict[str, tuple[int, float]] = {}
+
+    def send(name: str, method: str, path: str, body: Any = None) -> None:
+        status = call(vllm, method, path, body, headers={"X-Scale-Up-Timeout": "10"})[0]
+        answers[name] = (status, time.monotonic())
+
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    threads = [
+        threading.Thread(target=send, args=("models", "GET", "/v1/models")),
+        threading.Thread(target=send, args=("chat", "POST", "/v1/chat/completions", chat)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    ready = endpoint.ready_at
+    assert ready is not None
+    assert sorted(answers) == ["chat", "models"]
+    for status, answered_at in answers.values():
+        assert status == 200
+        assert answered_at >= ready  # held, not served before the replica was up
+    assert (endpoint.holds, endpoint.unavailable, endpoint.passed) == (2, 0, 2)
+    for event in endpoint.events:
+        assert (event.action, event.scale_up_timeout) == ("held", "10")
+        assert event.at + event.waited == pytest.approx(ready, abs=0.05)
+    assert sorted(r.endpoint for r in vllm.requests) == ["held", "held"]
+
+
+def test_endpoint_hold_times_out_with_a_503(tgi: FakeTGI):
+    endpoint = tgi.endpoint = EndpointProxy(cold_for=30, retry_after=1)
+    start = time.monotonic()
+    status, headers, _ = call(tgi, "POST", "/generate", {"inputs": PROMPT}, headers={"X-Scale-Up-Timeout": "0.2"})
+    elapsed = time.monotonic() - start
+    assert (status, headers["retry-after"]) == (503, "1")
+    assert 0.2 <= elapsed < 1.5
+    assert (endpoint.holds, endpoint.hold_timeouts, endpoint.unavailable) == (1, 1, 1)
+    assert endpoint.events[0].waited == pytest.approx(0.2, abs=0.1)
+    assert tgi.requests[0].endpoint == "hold_timeout"
+
+
+def test_endpoint_that_ignores_the_scale_up_header(tgi: FakeTGI):
+    endpoint = tgi.endpoint = EndpointProxy(cold_for=30, honour_scale_up_header=False)
+    start = time.monotonic()
+    status, headers, _ = call(tgi, "GET", "/health", headers={"X-Scale-Up-Timeout": "30"})
+    assert status == 503
+    assert time.monotonic() - start < 1
+    assert "retry-after" not in headers
+    assert (endpoint.holds, endpoint.unavailable) == (0, 1)
+
+
+def test_endpoint_paused_until_resumed(vllm: FakeOpenAI):
+    endpoint = vllm.endpoint = EndpointProxy(paused=True)
+    requests = [
+        ("GET", "/health", None),
+        ("GET", "/v1/models", None),
+        ("POST", "/v1/completions", {"prompt": PROMPT}),
+        ("PUT", "/v1/models", b""),
+        ("DELETE", "/anything", None),
+    ]
+    start = time.monotonic()
+    for method, path, body in requests:
+        status, headers, raw = call(vllm, method, path, body, headers={"X-Scale-Up-Timeout": "10"})
+        assert (status, headers["content-type"], json.loads(raw)) == (400, "application/json", PAUSED_BODY)
+    assert time.monotonic() - start < 2  # a paused endpoint holds nothing
+    assert (endpoint.state, endpoint.paused_rejections) == ("paused", 5)
+    assert {r.endpoint for r in vllm.requests} == {"paused"}
+    endpoint.resume()
+    assert endpoint.state == "running"
+    assert call(vllm, "GET", "/health")[0] == 200
+    # resuming initializes a replica again: cold for a while
+    endpoint.pause()
+    endpoint.resume(cold_for=0.2)
+    assert endpoint.state == "initializing"
+    assert call(vllm, "GET", "/health")[0] == 503
+    assert call(vllm, "GET", "/health", headers={"X-Scale-Up-Timeout": "5"})[0] == 200
+    assert endpoint.state == "running"
+
+
+def test_endpoint_paused_message_can_be_changed():
+    with FakeTGI() as tgi:
+        tgi.endpoint = EndpointProxy(paused=True, paused_body=PAUSED_HINT)
+        status, _, body = call(tgi, "GET", "/info")
+    assert status == 400
+    assert "paused" in json.loads(body)["error"]
+
+
+def test_endpoint_cold_start_clock_starts_at_the_first_request(tgi: FakeTGI):
+    endpoint = tgi.endpoint = EndpointProxy()
+    assert endpoint.state == "running"
+    assert call(tgi, "GET", "/info")[0] == 200
+    endpoint.scale_to_zero(cold_for=0.1)
+    assert endpoint.state == "scaledToZero"
+    time.sleep(0.15)  # longer than a cold start: idle time does not count
+    woken = time.monotonic()
+    assert call(tgi, "GET", "/info")[0] == 503
+    assert endpoint.cold_started_at is not None and endpoint.cold_started_at >= woken
+
+
+def test_a_self_hosted_server_503_on_get_routes_is_a_fault_not_a_proxy(tgi: FakeTGI):
+    tgi.faults_for("GET", "/health").append(Fault.unavailable(retry_after=3, body="loading"))
+    status, headers, body = call(tgi, "GET", "/health", headers={"X-Scale-Up-Timeout": "10"})
+    assert (status, headers["retry-after"], body) == (503, "3", b"loading")  # no holding without a proxy
+    assert call(tgi, "GET", "/health")[0] == 200
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults on any route and method, redirects, cut events, echoed credentials
+# --------------------------------------------------------------------------------------------------
+
+
+def test_faults_for_a_get_route(tgi: FakeTGI):
+    tgi.faults_for("GET", "/info").append(Fault.status(503, "down", headers={"Retry-After": "1"}))
+    tgi.faults.append(Fault.overloaded())
+    status, headers, body = call(tgi, "GET", "/info")
+    assert (status, headers["retry-after"], body) == (503, "1", b"down")
+    assert call(tgi, "GET", "/info")[0] == 200  # taken once
+    assert call(tgi, "GET", "/health")[0] == 200
+    assert len(tgi.faults) == 1  # GETs still never take from the general queue
+    assert [r.fault.kind if r.fault else None for r in tgi.requests] == ["status", None, None]
+
+
+def test_route_faults_come_before_the_general_queue(tgi: FakeTGI):
+    tgi.faults_for("post", "/generate").append(Fault.status(500, {"error": "boom", "error_type": "generation"}))
+    tgi.faults.append(Fault.overloaded())
+    assert call(tgi, "POST", "/generate_stream", {"inputs": PROMPT})[0] == 429  # no route queue: the general one
+    assert call(tgi, "POST", "/generate", {"inputs": PROMPT})[0] == 500
+    assert call(tgi, "POST", "/generate", {"inputs": PROMPT})[0] == 200
+
+
+def test_slow_info(tgi: FakeTGI):
+    tgi.faults_for("GET", "/info").append(Fault.delay(0.3))
+    start = time.monotonic()
+    status, _, body = call(tgi, "GET", "/info")
+    assert (status, json.loads(body)["model_id"]) == (200, tgi.model_id)
+    assert time.monotonic() - start >= 0.3
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_fault_redirect_sends_a_location_and_a_reply_shaped_body(tgi: FakeTGI, code: int):
+    decoy = {"generated_text": "not the answer"}
+    tgi.faults.append(Fault.redirect(code, location="http://elsewhere.test/generate", body=decoy))
+    status, headers, body = call(tgi, "POST", "/generate", {"inputs": PROMPT})
+    assert (status, headers["location"], headers["content-type"]) == (
+        code,
+        "http://elsewhere.test/generate",
+        "application/json",
+    )
+    assert json.loads(body) == decoy
+    assert tgi.requests[0].fault is not None and tgi.requests[0].fault.kind == "redirect"
+
+
+def test_fault_redirect_to_a_relative_location_is_followed_by_urllib(tgi: FakeTGI):
+    tgi.faults_for("GET", "/health").append(Fault.redirect(302, location="/info"))
+    with no_proxy_opener().open(tgi.url + "/health", timeout=5) as response:
+        assert response.url == tgi.url + "/info"
+        assert json.load(response)["model_id"] == tgi.model_id
+    assert [r.path for r in tgi.requests] == ["/health", "/info"]
+    tgi.faults.append(Fault.redirect(307, location="/generate"))
+    status, headers, body = call(tgi, "POST", "/generate", {"inputs": PROMPT})
+    assert (status, headers["location"], headers["content-length"], body) == (307, "/generate", "0", b"")
+    with pytest.raises(ValueError, match="redirect"):
+        Fault.redirect(200)
+
+
+STREAM_ROUTES = {
+    "tgi": (FakeTGI, "/generate_stream", {"inputs": PROMPT}),
+    "openai": (FakeOpenAI, "/v1/completions", {"prompt": PROMPT, "stream": True}),
+}
+
+
+@pytest.mark.parametrize(("flavour", "clean_end"), list(itertools.product(STREAM_ROUTES, [False, True])))
+def test_fault_cut_in_event(flavour: str, clean_end: bool):
+    fake, path, payload = STREAM_ROUTES[flavour]
+    with fake() as server:
+        server.faults.append(Fault.cut_in_event(after_events=2, clean_end=clean_end))
+        raw = raw_post(server.port, path, payload)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding: chunked" in head.lower()
+    chunks, terminated = split_chunks(body)
+    assert terminated is clean_end
+    *complete, cut = chunks
+    assert len(complete) == 2
+    assert all(c.startswith(b"data: {") and c.endswith(b"}\n\n") for c in complete)
+    assert cut.startswith(b"data: {")
+    assert b"\n" not in cut
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(cut[len(b"data: ") :])
+
+
+def test_fault_cut_in_event_as_http_client_sees_it(tgi: FakeTGI):
+    tgi.faults.extend(
+        [Fault.cut_in_event(1, clean_end=True), Fault.cut_in_event(1), Fault.cut_in_event(100, clean_end=True)]
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", tgi.port, timeout=5)
+    body = json.dumps({"inputs": PROMPT})
+    conn.request("POST", "/generate_stream", body=body, headers=JSON_HEADERS)
+    text = conn.getresponse().read().decode()  # a complete HTTP response...
+    assert len(sse_data(text)) == 2
+    assert not text.endswith("\n")  # ...whose last event never ended
+    conn.request("POST", "/generate_stream", body=body, headers=JSON_HEADERS)
+    with pytest.raises(http.client.IncompleteRead):
+        conn.getresponse().read()
+    conn.close()
+    _, _, raw = call(tgi, "POST", "/generate_stream", {"inputs": PROMPT})  # fewer events: the final one is cut
+    events = raw.decode().split("\n\n")
+    assert len(events) == 8
+    assert events[-1].startswith('data: {"index":8')
+
+
+def test_fault_echo_authorization_in_each_servers_error_shape():
+    auth = {"Authorization": SECRET}
+    with FakeTGI() as tgi, FakeOpenAI() as vllm, FakeHub(MAPPINGS) as hub:
+        tgi.faults.append(Fault.echo_authorization())
+        status, _, body = call(tgi, "POST", "/generate", {"inputs": PROMPT}, headers=auth)
+        assert (status, json.loads(body)) == (
+            401,
+            {"error": f"Invalid credentials: {SECRET}", "error_type": "authentication"},
+        )
+        tgi.faults_for("GET", "/info").append(Fault.echo_authorization(500))
+        status, _, body = call(tgi, "GET", "/info", headers=auth)
+        assert status == 500
+        assert SECRET in json.loads(body)["error"]
+        vllm.faults.append(Fault.echo_authorization(500, error_type="InternalServerError"))
+        status, _, body = call(vllm, "POST", "/v1/completions", {"prompt": PROMPT}, headers=auth)
+        assert (status, json.loads(body)) == (
+            500,
+            {
+                "error": {
+                    "message": f"Invalid credentials: {SECRET}",
+                    "type": "InternalServerError",
+                    "param": None,
+                    "code": 500,
+                }
+            },
+        )
+        hub.faults.append(Fault.echo_authorization(message="Authorization {authorization} is not valid"))
+        status, _, body = call(hub, "GET", "/api/models/org/text-model", headers=auth)
+        assert (status, json.loads(body)) == (401, {"error": f"Authorization {SECRET} is not valid"})
+
+
+def test_fault_echo_authorization_in_a_stream():
+    auth = {"Authorization": SECRET}
+    with FakeTGI() as tgi, FakeOpenAI() as vllm:
+        tgi.faults.append(Fault.echo_authorization(stream=True))
+        status, headers, body = call(tgi, "POST", "/generate_stream", {"inputs": PROMPT}, headers=auth)
+        assert (status, headers["content-type"]) == (200, "text/event-stream")
+        assert sse_json(body.decode()) == [{"error": f"Invalid credentials: {SECRET}", "error_type": "authentication"}]
+        vllm.faults.append(Fault.echo_authorization(stream=True, error_type="AuthenticationError"))
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "stream": True}
+        status, _, body = call(vllm, "POST", "/v1/chat/completions", chat, headers=auth)
+        assert status == 200
+        assert sse_json(body.decode())[0]["error"]["message"] == f"Invalid credentials: {SECRET}"
+        assert sse_data(body.decode())[-1] == "[DONE]"
+        tgi.faults.append(Fault.echo_authorization(stream=True))  # on a route that answers JSON
+        status, _, body = call(tgi, "POST", "/generate", {"inputs": PROMPT}, headers=auth)
+        assert (status, json.loads(body)["error"]) == (401, f"Invalid credentials: {SECRET}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The client seen from the server: open connections, abandoned streams
+# --------------------------------------------------------------------------------------------------
+
+
+def test_open_connections_counts_client_connections(tgi: FakeTGI):
+    assert tgi.open_connections == 0
+    conns = [http.client.HTTPConnection("127.0.0.1", tgi.port, timeout=5) for _ in range(3)]
+    for conn in conns:
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+    assert tgi.wait_open_connections(3)  # kept alive
+    assert tgi.open_connections == 3
+    conns[0].close()
+    assert tgi.wait_open_connections(2)
+    for conn in conns[1:]:
+        conn.close()
+    assert tgi.wait_open_connections(0)
+    assert call(tgi, "GET", "/health", headers={"Connection": "close"})[0] == 200
+    assert tgi.wait_open_connections(0)
+    assert not tgi.wait_open_connections(5, timeout=0.05)
+
+
+def test_a_stream_the_client_abandons_is_recorded_with_its_time():
+    with FakeTGI(tokens=["tok"] * 60, token_delay=0.05) as tgi:
+        conn = http.client.HTTPConnection("127.0.0.1", tgi.port, timeout=5)
+        conn.request("POST", "/generate_stream", body=json.dumps({"inputs": PROMPT}), headers=JSON_HEADERS)
+        response = conn.getresponse()
+        seen = 0
+        while seen < 2:
+            seen += response.readline().startswith(b"data:")
+        closed_at = time.monotonic()
+        response.close()
+        conn.close()
+        aborted = tgi.wait_aborted(timeout=3)
+        assert aborted is not None
+        assert 0 <= aborted.at - closed_at < 1.0  # the server's writes failed within 1 s of the close
+        assert (aborted.method, aborted.path) == ("POST", "/generate_stream")
+        assert 2 <= aborted.events < 61
+        assert aborted.request is tgi.requests[0]
+        assert "Error" in aborted.error  # BrokenPipeError or ConnectionResetError
+        assert tgi.wait_open_connections(0)
+
+
+def test_streams_ended_by_the_server_are_not_counted_as_abandoned():
+    with FakeTGI() as tgi:
+        tgi.faults.extend([Fault.reset(after_events=1), Fault.cut_in_event(1), Fault.error_event(1)])
+        for _ in range(4):
+            with contextlib.suppress(http.client.HTTPException):
+                call(tgi, "POST", "/generate_stream", {"inputs": PROMPT})
+        assert tgi.wait_aborted(timeout=0.2) is None
+    # A client that reads nothing: the server is blocked writing a huge stream when stop() cuts it.
+    server = FakeTGI().start()
+    server.faults.append(Fault.huge(16_000_000))
+    body = json.dumps({"inputs": PROMPT}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(
+            b"POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        assert wait_until(lambda: len(server.requests) == 1)
+        time.sleep(0.3)  # long enough to fill the socket buffers
+        server.stop()  # the blocked write fails: not the client's doing
+    assert server.aborted_streams == []
+
+
+# --------------------------------------------------------------------------------------------------
+# ForwardProxy
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy() -> Iterator[ForwardProxy]:
+    with ForwardProxy() as server:
+        yield server
+
+
+def test_forward_proxy_forwards_absolute_uri_requests(tgi: FakeTGI, proxy: ForwardProxy):
+    base = tgi.url_for("tgi.test")
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    conn.request("GET", base + "/info")
+    response = conn.getresponse()
+    assert (response.status, json.loads(response.read())["model_id"]) == (200, tgi.model_id)
+    sock = conn.sock
+    conn.request("POST", base + "/generate_stream", body=json.dumps({"inputs": PROMPT}), headers=JSON_HEADERS)
+    response = conn.getresponse()
+    assert response.getheader("Transfer-Encoding") == "chunked"
+    assert len(sse_json(response.read().decode())) == 8
+    assert conn.sock is sock  # the client's connection to the proxy is kept alive
+    conn.close()
+    info, stream = proxy.requests
+    assert (info.method, info.target, info.host, info.port, info.status) == (
+        "GET",
+        base + "/info",
+        "tgi.test",
+        tgi.port,
+        200,
+    )
+    assert info.upstream == ("127.0.0.1", tgi.port)
+    assert (stream.method, stream.status) == ("POST", 200)
+    upstream = tgi.requests[0]
+    assert (upstream.method, upstream.path, upstream.headers["host"]) == ("GET", "/info", f"tgi.test:{tgi.port}")
+    assert tgi.requests[1].json == {"inputs": PROMPT}
+
+
+def test_forward_proxy_streams_events_as_the_server_writes_them(proxy: ForwardProxy):
+    with FakeTGI(tokens=["a"] * 4, token_delay=0.1) as tgi:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy.url}))
+        data = json.dumps({"inputs": PROMPT}).encode()
+        request = urllib.request.Request(tgi.url_for("tgi.test") + "/generate_stream", data=data, headers=JSON_HEADERS)
+        start = time.monotonic()
+        with opener.open(request, timeout=5) as response:
+            first = response.readline()
+            first_at = time.monotonic() - start
+            rest = response.read()
+            total = time.monotonic() - start
+    assert first.startswith(b'data: {"index":1')
+    assert len(sse_data((first + rest).decode())) == 5
+    assert total >= 0.5  # 5 tokens, 0.1 s each
+    assert first_at < total - 0.2  # the first event came through long before the end
+
+
+def test_forward_proxy_requires_basic_auth_when_asked(tgi: FakeTGI):
+    with ForwardProxy(auth=("user", "s3cret")) as proxy:
+        base = tgi.url_for("tgi.test")
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        conn.request("GET", base + "/info")
+        response = conn.getresponse()
+        response.read()
+        assert (response.status, response.getheader("Proxy-Authenticate")) == (407, 'Basic realm="fake-proxy"')
+        conn.request("GET", base + "/info", headers={"Proxy-Authorization": proxy.proxy_authorization()})
+        assert conn.getresponse().status == 200
+        conn.close()
+        tunnel = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        tunnel.set_tunnel("tgi.test", tgi.port)
+        with pytest.raises(OSError, match="407"):
+            tunnel.request("GET", "/info")
+        tunnel.close()
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy.authenticated_url}))
+        with opener.open(base + "/health", timeout=5) as answer:
+            assert answer.status == 200
+    assert [r.status for r in proxy.requests] == [407, 200, 407, 200]
+    assert "proxy-authorization" not in proxy.requests[0].headers
+    assert proxy.requests[1].headers["proxy-authorization"] == proxy.proxy_authorization()
+    assert proxy.requests[3].headers["proxy-authorization"] == proxy.proxy_authorization()  # urllib, from the URL
+    assert all("proxy-authorization" not in r.headers for r in tgi.requests)  # never passed on
+
+
+def test_forward_proxy_connect_tunnel(tgi: FakeTGI, proxy: ForwardProxy):
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    conn.set_tunnel("tgi.test", tgi.port)
+    conn.request("GET", "/info")
+    response = conn.getresponse()
+    assert (response.status, json.loads(response.read())["model_id"]) == (200, tgi.model_id)
+    conn.request("POST", "/generate_stream", body=json.dumps({"inputs": PROMPT}), headers=JSON_HEADERS)
+    assert len(sse_json(conn.getresponse().read().decode())) == 8
+    assert tgi.open_connections == 1  # one tunnel, kept alive
+    conn.close()
+    assert tgi.wait_open_connections(0)  # closing the client's end closes the tunnel
+    (record,) = proxy.requests
+    assert (record.method, record.target, record.status, record.upstream) == (
+        "CONNECT",
+        f"tgi.test:{tgi.port}",
+        200,
+        ("127.0.0.1", tgi.port),
+    )
+    assert [r.headers["host"] for r in tgi.requests] == [f"tgi.test:{tgi.port}"] * 2
+
+
+def test_forward_proxy_errors_and_port_mapping(tgi: FakeTGI):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed_port = free.getsockname()[1]
+    with ForwardProxy(ports={"xyz.endpoints.huggingface.cloud": tgi.port}) as proxy:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy.url}))
+        with opener.open("http://xyz.endpoints.huggingface.cloud/info", timeout=5) as response:
+            assert json.load(response)["model_id"] == tgi.model_id
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(f"http://nothing.test:{closed_port}/info", timeout=5)
+        assert refused.value.code == 502
+        refused.value.close()
+        assert call(proxy, "GET", "/not-a-proxy-request")[0] == 400  # type: ignore[arg-type]
+    assert [r.status for r in proxy.requests] == [200, 502, 400]
+    assert proxy.requests[0].upstream == ("127.0.0.1", tgi.port)
+
+
+def test_forward_proxy_passes_a_cut_stream_on(tgi: FakeTGI, proxy: ForwardProxy):
+    tgi.faults.append(Fault.reset(after_events=2))
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    conn.request(
+        "POST", tgi.url_for("tgi.test") + "/generate_stream", body=json.dumps({"inputs": PROMPT}), headers=JSON_HEADERS
+    )
+    response = conn.getresponse()
+    with pytest.raises(http.client.IncompleteRead) as cut:
+        response.read()
+    assert len(sse_data(cut.value.partial.decode())) == 2
+    conn.close()
+
+
+def test_forward_proxy_stop_closes_tunnels():
+    with FakeTGI() as tgi:
+        proxy = ForwardProxy().start()
+        port = proxy.port
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"CONNECT tgi.test:{tgi.port} HTTP/1.1\r\n\r\n".encode())
+            assert sock.recv(1024) == b"HTTP/1.1 200 Connection established\r\n\r\n"
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: tgi.test\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+            assert tgi.wait_open_connections(1)
+            proxy.stop()
+            assert tgi.wait_open_connections(0)  # the tunnel's upstream side is closed
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1024) == b""  # and so is the client's side
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass
+        proxy.stop()  # idempotent
+
+
+# --------------------------------------------------------------------------------------------------
+# TLS with a local CA
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[CertificateAuthority, ServerCertificate]:
+    ca = make_ca(tmp_path_factory.mktemp("ca"))
+    return ca, issue_cert(ca, ["127.0.0.1", "tgi.test"])
+
+
+def test_tls_fake_is_verified_with_the_local_ca_only(certs: tuple[CertificateAuthority, ServerCertificate]):
+    ca, cert = certs
+    with FakeTGI(tls=cert) as tgi:
+        assert tgi.url == f"https://127.0.0.1:{tgi.port}"
+        context = ssl.create_default_context(cafile=str(ca.cert_path))
+        conn = http.client.HTTPSConnection("127.0.0.1", tgi.port, context=context, timeout=5)
+        conn.request("GET", "/info")
+        assert json.loads(conn.getresponse().read())["model_id"] == tgi.model_id
+        conn.request("POST", "/generate_stream", body=json.dumps({"inputs": PROMPT}), headers=JSON_HEADERS)
+        assert len(sse_json(conn.getresponse().read().decode())) == 8
+        conn.close()
+        refused = http.client.HTTPSConnection("127.0.0.1", tgi.port, context=ssl.create_default_context(), timeout=5)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            refused.request("GET", "/info")
+        refused.close()
+        with (
+            socket.create_connection(("127.0.0.1", tgi.port), timeout=5) as raw,
+            pytest.raises(ssl.SSLCertVerificationError, match=r"other\.test"),
+        ):
+            context.wrap_socket(raw, server_hostname="other.test")  # the name is checked too
+        with (
+            socket.create_connection(("127.0.0.1", tgi.port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="tgi.test") as tls,  # the other name it has
+        ):
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        assert len(tgi.requests) == 2  # nothing got through the refused handshakes
+        assert wait_until(lambda: len(tgi.tls_errors) >= 2)
+
+
+@pytest.mark.parametrize("form", ["paths", "context"])
+def test_tls_option_takes_paths_or_a_context(certs: tuple[CertificateAuthority, ServerCertificate], form: str):
+    ca, cert = certs
+    tls = (cert.cert_path, cert.key_path) if form == "paths" else cert.server_context()
+    with FakeOpenAI(tls=tls) as vllm:
+        assert vllm.api_url.startswith("https://")
+        with no_proxy_opener(urllib.request.HTTPSHandler(context=ca.client_context())).open(
+            vllm.url + "/v1/models", timeout=5
+        ) as response:
+            assert json.load(response)["object"] == "list"
+
+
+def test_tls_through_the_forward_proxy(certs: tuple[CertificateAuthority, ServerCertificate], proxy: ForwardProxy):
+    ca, cert = certs
+    with FakeTGI(tls=cert) as tgi:
+        conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=ca.client_context(), timeout=5)
+        conn.set_tunnel("tgi.test", tgi.port)  # the certificate is checked against tgi.test
+        conn.request("POST", "/generate", body=json.dumps({"inputs": PROMPT}), headers=JSON_HEADERS)
+        assert json.loads(conn.getresponse().read()) == {"generated_text": FULL_TEXT}
+        conn.close()
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({"https": proxy.url}), urllib.request.HTTPSHandler(context=ca.client_context())
+        )
+        with opener.open(tgi.url_for("tgi.test") + "/info", timeout=5) as response:
+            assert response.status == 200
+        assert [(r.method, r.target) for r in proxy.requests] == [("CONNECT", f"tgi.test:{tgi.port}")] * 2
+        assert [r.headers["host"] for r in tgi.requests] == [f"tgi.test:{tgi.port}"] * 2
+
+
+# --------------------------------------------------------------------------------------------------
+# No leaks
+# --------------------------------------------------------------------------------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_the_new_machinery_leaves_no_threads_or_sockets(certs: tuple[CertificateAuthority, ServerCertificate]):
+    ca, cert = certs
+    threads_before, fds_before = set(threading.enumerate()), _open_fds()
+    with FakeTGI(tls=cert, tokens=["x"] * 40, token_delay=0.02) as tgi, ForwardProxy() as proxy:
+        tgi.endpoint = EndpointProxy(cold_for=0.1)
+        held = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=ca.client_context(), timeout=5)
+        held.set_tunnel("tgi.test", tgi.port)
+        held.request("GET", "/info", headers={"X-Scale-Up-Timeout": "5"})  # held through a tunnel
+        assert held.getresponse().read()
+        held.request("POST", "/generate_stream", body=json.dumps({"inputs": PROMPT}), headers=JSON_HEADERS)
+        response = held.getresponse()
+        response.readline()  # ... and left open mid-stream when everything stops
+        # a tunnel nobody uses, and a request still held when its server stops
+        idle = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        idle.sendall(f"CONNECT tgi.test:{tgi.port} HTTP/1.1\r\n\r\n".encode())
+        plain = FakeTGI().start()
+        plain.endpoint = EndpointProxy(cold_for=30)
+        waiting = threading.Thread(
+            target=_quiet, args=(call, plain, "GET", "/health"), kwargs={"headers": {"X-Scale-Up-Timeout": "30"}}
+        )
+        waiting.start()
+        assert wait_until(lambda: len(plain.requests) == 1)
+        plain.stop()  # wakes the held request up
+        waiting.join(3)
+        assert not waiting.is_alive()
+    response.close()
+    held.close()
+    idle.close()
+    gc.collect()
+    assert wait_until(lambda: not set(threading.enumerate()) - threads_before, timeout=3)
+    assert wait_until(lambda: _open_fds() <= fds_before, timeout=3)
+
+
+def _quiet(function: Any, *args: Any, **kwargs: Any) -> None:
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        function(*args, **kwargs)

@@ -8,7 +8,7 @@ import pytest
 from haystack.utils import Secret
 
 from haystack_integrations.generators.hugging_face_api import AuthenticationError, HuggingFaceAPIGenerator
-from haystack_integrations.generators.hugging_face_api._transport import is_hugging_face_url
+from haystack_integrations.generators.hugging_face_api._auth import may_receive_ambient_token as is_hugging_face_url
 from tests.fakes import FakeTGI, Fault
 
 SECRET = "hf_test_value_that_must_not_leak_1234"
@@ -69,7 +69,7 @@ def test_token_never_in_logs_errors_or_repr(tgi: FakeTGI, caplog: pytest.LogCapt
         ("https://huggingface.co/api", True),
         ("https://router.huggingface.co", True),
         ("https://abc.us-east-1.aws.endpoints.huggingface.cloud", True),
-        ("https://user-space.hf.space", True),
+        ("https://user-space.hf.space", False),  # a Space runs its owner's code: a third party
         ("http://huggingface.co", False),  # never in clear text
         ("https://huggingface.co.evil.com", False),
         ("https://evilhuggingface.co", False),

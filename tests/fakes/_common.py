@@ -7,10 +7,15 @@ what the fakes have in common, top to bottom:
 * the deterministic "model": a fixed list of tokens, then an end-of-sequence token, cut short by
   ``max_new_tokens`` / ``max_tokens`` or by a stop string, with the matching rules of the real engines;
 * request recording (:class:`RecordedRequest`);
-* fault injection (:class:`Fault`, :class:`FaultQueue`);
+* fault injection (:class:`Fault`, :class:`FaultQueue`), on POSTs by default or on any method and path
+  (:meth:`FakeServer.faults_for`);
 * response writing, including chunked transfer encoding and Server-Sent Events written by hand so that a
   fault can cut a stream anywhere (:class:`Exchange`, :class:`SSEStream`);
-* the server lifecycle (:class:`FakeServer`).
+* observation of the client from the server side: open connections, streams the client abandoned
+  (:class:`AbortedStream`);
+* the server lifecycle (:class:`FakeServer`), over plain HTTP or TLS (``tls=``, see ``tls.py``).
+
+An Inference Endpoint's proxy can be put in front of any fake (``server.endpoint``, see ``endpoint.py``).
 
 Prompt token counting: the fakes have no tokenizer, so a prompt counts ``len(prompt.split())`` tokens
 (whitespace-separated words). Generated tokens are the strings of ``server.tokens``, one per step.
@@ -22,6 +27,7 @@ import contextlib
 import json
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -29,10 +35,12 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, Self
 from urllib.parse import parse_qs, urlsplit
+
+from .tls import TLSConfig, server_context
 
 # --------------------------------------------------------------------------------------------------
 # The deterministic model
@@ -196,7 +204,11 @@ class RecordedRequest:
     ``headers`` has lower-cased names. ``json`` is the parsed body, or ``None`` when the body is empty or
     not JSON (``body`` always has the raw bytes). ``resolved`` holds what the server made of the request
     after applying its defaults (e.g. TGI's effective ``do_sample`` and ``return_full_text``), and
-    ``fault`` the fault that was applied to it, if any.
+    ``fault`` the fault that was applied to it, if any. ``endpoint`` says what the Inference Endpoint proxy
+    in front of the server (``server.endpoint``) did with the request: ``None`` without a proxy, else
+    ``"passed"``, ``"held"`` (held until the replica was ready, then served), ``"cold"`` (503 while
+    cold), ``"hold_timeout"`` (held, then 503) or ``"paused"`` (400). A request the proxy answered never
+    reached the engine: it took no fault.
     """
 
     method: str
@@ -208,6 +220,25 @@ class RecordedRequest:
     fault: Fault | None = None
     resolved: dict[str, Any] = field(default_factory=dict)
     received_at: float = field(default_factory=time.monotonic)
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class AbortedStream:
+    """A streamed response whose writes failed because the client went away (see
+    :attr:`FakeServer.aborted_streams`).
+
+    ``events`` is the number of events written to the socket before the failing write (written is not
+    received: the last ones may have been lost), ``at`` the ``time.monotonic()`` of the failure, ``error``
+    the ``OSError`` it raised (e.g. ``BrokenPipeError``), ``request`` the recorded request.
+    """
+
+    method: str
+    path: str
+    events: int
+    at: float
+    error: str
+    request: RecordedRequest
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,8 +246,19 @@ class RecordedRequest:
 # --------------------------------------------------------------------------------------------------
 
 FaultKind = Literal[
-    "status", "reset", "no_final", "error_event", "malformed", "delay", "huge", "close_without_response"
+    "status",
+    "redirect",
+    "reset",
+    "no_final",
+    "error_event",
+    "malformed",
+    "cut_in_event",
+    "echo_authorization",
+    "delay",
+    "huge",
+    "close_without_response",
 ]
+_STREAM_FAULTS = frozenset({"reset", "no_final", "error_event", "malformed", "cut_in_event", "echo_authorization"})
 
 
 @dataclass(frozen=True)
@@ -225,14 +267,17 @@ class Fault:
 
     When they act:
 
-    * ``status``, ``delay``, ``close_without_response`` act before the route runs (like a proxy or an
-      overloaded server in front of the engine).
-    * ``reset``, ``no_final``, ``error_event``, ``malformed`` act on the stream of Server-Sent Events,
-      after ``after_events`` events. If the stream has fewer events, they act where it would have ended.
-      On a non-streamed (JSON) response, ``reset`` sends the headers and half the body then closes the
-      connection, ``malformed`` sends ``line`` as the body; ``no_final`` and ``error_event`` do nothing.
+    * ``status``, ``redirect``, ``delay``, ``close_without_response`` and ``echo_authorization`` (unless
+      ``stream``) act before the route runs (like a proxy or an overloaded server in front of the engine).
+    * ``reset``, ``no_final``, ``error_event``, ``malformed``, ``cut_in_event`` act on the stream of
+      Server-Sent Events, after ``after_events`` events. If the stream has fewer events, they act where it
+      would have ended. On a non-streamed (JSON) response, ``reset`` sends the headers and half the body
+      then closes the connection, ``malformed`` sends ``line`` as the body; ``no_final``, ``error_event``
+      and ``cut_in_event`` do nothing.
     * ``huge`` replaces the generated tokens of the request with ``nbytes`` of text (1 KiB per token,
       ignoring the length limit), giving a valid but huge response.
+
+    Which request takes a fault: see :class:`FaultQueue` and :meth:`FakeServer.faults_for`.
     """
 
     kind: FaultKind
@@ -246,6 +291,8 @@ class Fault:
     seconds: float = 0.0
     nbytes: int = 0
     rst: bool = False
+    clean_end: bool = False
+    stream: bool = False
 
     @classmethod
     def status(
@@ -268,6 +315,24 @@ class Fault:
         if raw or content_type:
             all_headers.setdefault("Content-Type", content_type or guessed)
         return cls("status", code=code, body=raw, headers=tuple(all_headers.items()))
+
+    @classmethod
+    def redirect(
+        cls,
+        code: int = 302,
+        location: str = "/",
+        body: bytes | str | Mapping[str, Any] | list[Any] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> Fault:
+        """Answer ``code`` (301, 302, 303, 307 or 308) with ``Location: location`` instead of running the
+        route. ``location`` is sent as given: absolute (``http://elsewhere/...``) or relative (``/info``).
+        ``body`` is sent like :meth:`status` does (a mapping or list as JSON): a reply-shaped JSON body
+        checks that a client never reads a 3xx body as the answer."""
+        if code not in (301, 302, 303, 307, 308):
+            raise ValueError(f"not a redirect status: {code}")
+        answer = cls.status(code, body, headers={**(headers or {}), "Location": location})
+        return replace(answer, kind="redirect")
 
     @classmethod
     def overloaded(cls) -> Fault:
@@ -305,6 +370,38 @@ class Fault:
         return cls("malformed", after_events=after_events, line=line)
 
     @classmethod
+    def cut_in_event(cls, after_events: int = 0, *, clean_end: bool = False) -> Fault:
+        """After ``after_events`` complete events, write the first half of the next ``data:`` line (its
+        prefix and half its JSON: no newline, no blank line), as one complete HTTP chunk, then stop.
+
+        ``clean_end=False`` closes the connection without the chunked terminator (a dead connection);
+        ``clean_end=True`` ends the chunked body properly with ``0\\r\\n\\r\\n``, so the HTTP layer sees a
+        complete response whose last SSE event never ended. A stream with no more than ``after_events``
+        events has its final event cut (or its ``[DONE]`` line, when it has no final token event)."""
+        return cls("cut_in_event", after_events=after_events, clean_end=clean_end)
+
+    @classmethod
+    def echo_authorization(
+        cls,
+        status: int = 401,
+        *,
+        stream: bool = False,
+        message: str = "Invalid credentials: {authorization}",
+        error_type: str = "authentication",
+    ) -> Fault:
+        """A careless server that puts the credentials it got into its error message.
+
+        ``message`` with ``{authorization}`` replaced by the request's full ``Authorization`` header value
+        (empty when there is none) goes into the server's own error shape (:meth:`FakeServer.error_body`:
+        TGI ``{"error", "error_type"}``, OpenAI ``{"error": {"message", ...}}``, Hub ``{"error"}``).
+
+        ``stream=False``: answer ``status`` with that body before the route runs (any method).
+        ``stream=True``: let the route run; a stream answers 200 and then carries the error as its first
+        event, in the stream's error shape (then ``[DONE]`` where the stream has one); a route that answers
+        JSON answers ``status`` with the error body instead."""
+        return cls("echo_authorization", code=status, stream=stream, error=message, error_type=error_type)
+
+    @classmethod
     def delay(cls, seconds: float) -> Fault:
         """Sleep ``seconds`` before answering (before the status line), then answer normally."""
         return cls("delay", seconds=seconds)
@@ -321,7 +418,12 @@ class Fault:
 
 
 class FaultQueue:
-    """Thread-safe FIFO of faults; each request the server handles (POSTs by default) takes one."""
+    """Thread-safe FIFO of faults.
+
+    ``server.faults`` is taken from by each request whose method is in ``server.fault_methods`` (POSTs by
+    default, GETs on :class:`~tests.fakes.hub.FakeHub`); :meth:`FakeServer.faults_for` gives one queue per
+    method and path, taken from first by the requests it names.
+    """
 
     def __init__(self) -> None:
         self._items: deque[Fault] = deque()
@@ -374,11 +476,17 @@ class Exchange:
         self.server = server
         self.record = record
         self.json_error = json_error  # why ``record.json`` is None although a body was sent
-        self.fault = record.fault
         self._handler = handler
         self.responded = False
+        self.sse: SSEStream | None = None  # the stream, once :meth:`open_sse` has started one
+        self._closed_by_server = False
 
     # What came in -------------------------------------------------------------------------------
+    @property
+    def fault(self) -> Fault | None:
+        """The fault this request took (set once the Inference Endpoint proxy, if any, let it through)."""
+        return self.record.fault
+
     @property
     def method(self) -> str:
         return self.record.method
@@ -401,6 +509,10 @@ class Exchange:
         scheme, _, token = value.partition(" ")
         return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
+    def echoed_message(self, fault: Fault) -> str:
+        """The message of an ``echo_authorization`` fault, with this request's Authorization header in it."""
+        return fault.error.replace("{authorization}", self.headers.get("authorization", ""))
+
     # Answering ----------------------------------------------------------------------------------
     def send(
         self,
@@ -410,10 +522,14 @@ class Exchange:
         content_type: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Send a complete response with a Content-Length (faults ``reset``/``malformed`` apply)."""
+        """Send a complete response with a Content-Length (faults ``reset``/``malformed`` apply, and
+        ``echo_authorization`` with ``stream=True`` replaces the answer with its error)."""
         fault = self.fault
         if fault is not None and fault.kind == "malformed":
             body = fault.line
+        if fault is not None and fault.kind == "echo_authorization" and fault.stream:
+            error = self.server.error_body(self.echoed_message(fault), fault.error_type, fault.code)
+            status, body, content_type = fault.code, json_bytes(error), "application/json"
         self._start(status, content_type, headers, {"Content-Length": str(len(body))})
         if fault is not None and fault.kind == "reset":
             self._write(body[: len(body) // 2])
@@ -440,21 +556,23 @@ class Exchange:
         server's shape; ``done_marker`` (default: the server's option) ends the stream with ``[DONE]``.
         """
         base = {"Cache-Control": "no-cache", "Transfer-Encoding": "chunked"}
-        self._start(200, "text/event-stream", headers, base)
         marker = self.server.done_marker if done_marker is None else done_marker
-        return SSEStream(self, error_event=error_event, done_marker=marker)
+        self.sse = SSEStream(self, error_event=error_event, done_marker=marker)
+        self._start(200, "text/event-stream", headers, base)
+        return self.sse
 
     def abort(self, *, rst: bool = False) -> None:
         """Close the connection now, mid-response if need be: FIN by default, TCP reset with ``rst``."""
         handler = self._handler
         handler.close_connection = True
+        self._closed_by_server = True
         sock = handler.connection
         with contextlib.suppress(OSError):
             if rst:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 sock.close()
             else:
-                sock.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # TCP level, also under TLS (no close_notify)
 
     # Low level ----------------------------------------------------------------------------------
     def _start(
@@ -475,14 +593,25 @@ class Exchange:
             handler.send_header(name, value)
         if handler.close_connection:
             handler.send_header("Connection", "close")
-        handler.end_headers()
+        try:
+            handler.end_headers()
+        except OSError as exc:
+            self._write_failed(exc)
+            raise ResponseAborted from exc
 
     def _write(self, data: bytes) -> None:
         try:
             self._handler.wfile.write(data)
         except OSError as exc:  # the client went away, or a fault closed the socket
-            self._handler.close_connection = True
+            self._write_failed(exc)
             raise ResponseAborted from exc
+
+    def _write_failed(self, exc: OSError) -> None:
+        self._handler.close_connection = True
+        if self.sse is not None and not self._closed_by_server and not self.server.stopping:
+            record = self.record
+            aborted = AbortedStream(record.method, record.path, self.sse.events, time.monotonic(), repr(exc), record)
+            self.server._record_aborted(aborted)
 
 
 class SSEStream:
@@ -505,9 +634,9 @@ class SSEStream:
     def event(self, payload: Any, *, final: bool = False, token: bool = True) -> bool:
         """Write one ``data:`` event (a JSON value, or a str written as is).
 
-        ``final`` marks the last event of a complete stream (for ``no_final``); ``token`` says the event
-        carries a generated token (``token_delay`` applies). Returns False once the stream has been ended
-        or cut, so a route can stop producing events.
+        ``final`` marks the last event of a complete stream (for ``no_final`` and ``cut_in_event``);
+        ``token`` says the event carries a generated token (``token_delay`` applies). Returns False once
+        the stream has been ended or cut, so a route can stop producing events.
         """
         if self.ended:
             return False
@@ -519,6 +648,10 @@ class SSEStream:
         if self.events and self._server.keepalive:
             self._chunk(b":" + self._server.keepalive_comment.encode() + b"\n\n")
         data = payload if isinstance(payload, str) else json_bytes(payload).decode()
+        fault = self._ex.fault
+        if fault is not None and fault.kind == "cut_in_event" and (self.events >= (fault.after_events or 0) or final):
+            self._cut(data)
+            return False
         self._chunk(self._data_line(data))
         self.events += 1
         return True
@@ -537,8 +670,18 @@ class SSEStream:
     def _apply_fault(self, *, final: bool, at_end: bool = False) -> bool:
         """Apply the exchange's stream fault if its time has come; True when the stream is over."""
         fault = self._ex.fault
-        if fault is None or fault.kind not in ("reset", "no_final", "error_event", "malformed"):
+        if fault is None or fault.kind not in _STREAM_FAULTS:
             return False
+        if fault.kind == "cut_in_event":  # cut in event() when due; here only if the stream ends first
+            if at_end:
+                self._cut("[DONE]" if self._done_marker else None)
+                return True
+            return False
+        if fault.kind == "echo_authorization":
+            if not fault.stream:
+                return False
+            self._end_with_error(self._ex.echoed_message(fault), fault.error_type)
+            return True
         due = fault.after_events is not None and self.events >= fault.after_events
         if fault.kind == "no_final":
             if due or final:
@@ -556,13 +699,29 @@ class SSEStream:
             self.ended = True
             self._ex.abort(rst=fault.rst)
             raise ResponseAborted
-        # error_event
-        payload = (self._error_event or _default_error_event)(fault.error, fault.error_type)
+        self._end_with_error(fault.error, fault.error_type)  # error_event
+        return True
+
+    def _end_with_error(self, error: str, error_type: str) -> None:
+        payload = (self._error_event or _default_error_event)(error, error_type)
         self._chunk(self._data_line(json_bytes(payload).decode()))
         if self._done_marker:
             self._chunk(self._data_line("[DONE]"))
         self._finish()
-        return True
+
+    def _cut(self, data: str | None) -> None:
+        """The ``cut_in_event`` fault: half of the event whose payload is ``data``, then the end."""
+        fault = self._ex.fault
+        assert fault is not None
+        self.ended = True
+        if data is not None:
+            prefix = "data: " if self._server.sse_space else "data:"
+            self._chunk((prefix + data[: max(len(data) // 2, 1)]).encode())
+        if fault.clean_end:
+            self._ex._write(b"0\r\n\r\n")
+            return
+        self._ex.abort()
+        raise ResponseAborted
 
     def _data_line(self, data: str) -> bytes:
         prefix = "data: " if self._server.sse_space else "data:"
@@ -594,6 +753,17 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.server.track(self.connection)
+
+    def handle(self) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):
+            # The handshake runs here, in the connection's own thread, not in the accept loop.
+            try:
+                self.connection.do_handshake()
+            except (OSError, ValueError) as exc:  # e.g. the client refused the certificate
+                self.server.fake._record_tls_error(exc)
+                self.close_connection = True
+                return
+        super().handle()
 
     def finish(self) -> None:
         try:
@@ -658,23 +828,47 @@ class _Handler(BaseHTTPRequestHandler):
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # the listen backlog: tests open hundreds of connections at once
-    block_on_close = False  # stop() closes every connection itself; handler threads are daemons
+    # stop() closes every connection itself, then joins the handler threads for a bounded time
+    # (join_handlers); a handler stuck past that is a daemon and cannot hold the process.
+    block_on_close = False
 
-    def __init__(self, fake: FakeServer) -> None:
+    def __init__(self, fake: FakeServer, tls_context: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.fake = fake
+        if tls_context is not None:
+            # Accepted sockets are wrapped without a handshake, which each handler does (_Handler.handle).
+            self.socket = tls_context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self._handlers: list[threading.Thread] = []
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """ThreadingMixIn's, keeping the threads (the live ones) for :meth:`join_handlers`."""
+        thread = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), name=f"{self.fake.name}-conn"
+        )
+        thread.daemon = True
+        with self._connections_lock:
+            self._handlers = [t for t in self._handlers if t.is_alive()]
+            self._handlers.append(thread)
+        thread.start()
+
+    @property
+    def open_connections(self) -> int:
+        with self._connections_lock:
+            return len(self._connections)
 
     def track(self, conn: socket.socket) -> None:
         with self._connections_lock:
             self._connections.add(conn)
+        self.fake._notify()
         if self.fake._stopping.is_set():  # accepted while stop() was closing the others
             self.close_connections()
 
     def untrack(self, conn: socket.socket) -> None:
         with self._connections_lock:
             self._connections.discard(conn)
+        self.fake._notify()
 
     def close_connections(self) -> None:
         with self._connections_lock:
@@ -682,12 +876,22 @@ class _HTTPServer(ThreadingHTTPServer):
             self._connections.clear()
         for conn in connections:
             with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)  # TCP level: also right for TLS sockets
             with contextlib.suppress(OSError):
                 conn.close()
+        self.fake._notify()
+
+    def join_handlers(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds in all for the handler threads (their sockets are closed)."""
+        deadline = time.monotonic() + timeout
+        with self._connections_lock:
+            threads = list(self._handlers)
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) or (isinstance(error, ValueError) and self.fake._stopping.is_set()):
             return  # connections cut by faults, clients or stop() are expected here
         super().handle_error(request, client_address)
 
@@ -706,7 +910,16 @@ class FakeServer:
     * ``tokens``: the text the model generates, one string per token (mutable later via ``.tokens``);
     * ``sse_space`` (``data: `` vs ``data:``), ``keepalive`` / ``keepalive_comment`` (SSE comment lines
       between events), ``token_delay`` (seconds before each generated token, streamed or not),
-      ``done_marker`` (end streams with ``data: [DONE]``).
+      ``done_marker`` (end streams with ``data: [DONE]``);
+    * ``tls``: serve https instead of http: an ``ssl.SSLContext`` (server side), a
+      :class:`~tests.fakes.tls.ServerCertificate` from :func:`~tests.fakes.tls.issue_cert`, or a
+      ``(cert_file, key_file)`` pair. ``url`` then starts with ``https://``; failed handshakes are in
+      ``tls_errors``.
+
+    Attributes, all off by default: ``faults`` and :meth:`faults_for` (faults), ``endpoint`` (an
+    :class:`~tests.fakes.endpoint.EndpointProxy` in front of every route). What the server saw of the
+    client: ``requests``, ``open_connections`` / :meth:`wait_open_connections`, ``aborted_streams`` /
+    :meth:`wait_aborted`.
     """
 
     fault_methods: frozenset[str] = frozenset({"POST"})
@@ -721,6 +934,7 @@ class FakeServer:
         keepalive_comment: str = "",
         token_delay: float = 0.0,
         done_marker: bool = False,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.tokens: list[str] = list(DEFAULT_TOKENS if tokens is None else tokens)
         self.sse_space = sse_space
@@ -729,8 +943,15 @@ class FakeServer:
         self.token_delay = token_delay
         self.done_marker = done_marker
         self.faults = FaultQueue()
+        self.tls = tls
+        #: An Inference Endpoint proxy in front of every route (``EndpointProxy``), or None.
+        self.endpoint: Any = None
+        self.tls_errors: list[str] = []  # handshakes that failed (e.g. the client refused the certificate)
+        self._route_faults: dict[tuple[str, str], FaultQueue] = {}
         self._requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
+        self._aborted: list[AbortedStream] = []
+        self._observed = threading.Condition()  # notified on connection and aborted-stream changes
         self._routes: list[Route] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -741,7 +962,7 @@ class FakeServer:
         if self._httpd is not None:
             return self
         self._stopping.clear()
-        self._httpd = _HTTPServer(self)
+        self._httpd = _HTTPServer(self, None if self.tls is None else server_context(self.tls))
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, name=type(self).__name__, daemon=True
         )
@@ -759,6 +980,7 @@ class FakeServer:
         httpd.close_connections()
         if thread is not None:
             thread.join(timeout=5)
+        httpd.join_handlers(timeout=2)
         self._httpd = self._thread = None
 
     def __enter__(self) -> Self:
@@ -775,8 +997,21 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no trailing slash)."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:PORT`` (``https://`` with ``tls``; no trailing slash)."""
+        return self.url_for("127.0.0.1")
+
+    def url_for(self, host: str) -> str:
+        """The server's URL under another host name, e.g. ``url_for("tgi.test")`` for a client that goes
+        through a :class:`~tests.fakes.proxy.ForwardProxy` (which sends every name to 127.0.0.1)."""
+        return f"{'https' if self.tls is not None else 'http'}://{host}:{self.port}"
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def sleep(self, seconds: float) -> bool:
         """Sleep unless the server is stopping; False when the sleep was cut short by stop()."""
@@ -792,6 +1027,78 @@ class FakeServer:
     def clear_requests(self) -> None:
         with self._requests_lock:
             self._requests.clear()
+
+    # The client, seen from the server ---------------------------------------------------------------
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open to the server right now.
+
+        A connection counts from the moment its handler thread starts (just after the accept, so a few
+        milliseconds after the client's connect() returned) until the server has seen it close: use
+        :meth:`wait_open_connections` rather than reading this right after opening or closing one.
+        """
+        httpd = self._httpd
+        return httpd.open_connections if httpd is not None else 0
+
+    def wait_open_connections(self, count: int, timeout: float = 2.0) -> bool:
+        """Wait until exactly ``count`` connections are open; False if that did not happen in time."""
+        with self._observed:
+            return self._observed.wait_for(lambda: self.open_connections == count, timeout)
+
+    @property
+    def aborted_streams(self) -> list[AbortedStream]:
+        """Streams whose writes failed because the client went away (not those cut by a fault or by
+        stop()), oldest first. The server only finds out when it next writes: with ``token_delay``, within
+        about two token delays of the client closing (the first write after the close may still
+        succeed)."""
+        with self._observed:
+            return list(self._aborted)
+
+    def wait_aborted(self, timeout: float = 5.0, count: int = 1) -> AbortedStream | None:
+        """Wait until ``count`` streams have been aborted by their client; the ``count``-th, or None."""
+        with self._observed:
+            if not self._observed.wait_for(lambda: len(self._aborted) >= count, timeout):
+                return None
+            return self._aborted[count - 1]
+
+    def _record_aborted(self, aborted: AbortedStream) -> None:
+        with self._observed:
+            self._aborted.append(aborted)
+            self._observed.notify_all()
+
+    def _record_tls_error(self, error: BaseException) -> None:
+        with self._observed:
+            self.tls_errors.append(repr(error))
+
+    def _notify(self) -> None:
+        with self._observed:
+            self._observed.notify_all()
+
+    # Faults -------------------------------------------------------------------------------------
+    def faults_for(self, method: str, path: str) -> FaultQueue:
+        """The fault queue of one method and path (exact path, query string excluded), created on first use.
+
+        A request takes its fault from this queue first; when it is empty, from ``faults`` as before (if
+        the method is in ``fault_methods``). Any method can have one, so ``faults_for("GET", "/info")``
+        makes a failing or slow ``/info`` without touching the generation routes::
+
+            tgi.faults_for("GET", "/info").append(Fault.status(503, "down", headers={"Retry-After": "1"}))
+        """
+        key = (method.upper(), path)
+        with self._requests_lock:
+            return self._route_faults.setdefault(key, FaultQueue())
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._requests_lock:
+            queue = self._route_faults.get((method, path))
+        fault = queue.pop() if queue is not None else None
+        if fault is None and method in self.fault_methods:
+            fault = self.faults.pop()
+        return fault
+
+    def error_body(self, message: str, error_type: str, status: int) -> Any:
+        """This server's error shape, for faults that build an error (TGI's; other fakes override)."""
+        return {"error": message, "error_type": error_type}
 
     # Routing ------------------------------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Callable[..., None]) -> None:
@@ -841,23 +1148,27 @@ class FakeServer:
                 record.json = json.loads(body)
             except ValueError as exc:
                 json_error = str(exc)
-        if body is not None and handler.command in self.fault_methods:
-            record.fault = self.faults.pop()
         with self._requests_lock:
             self._requests.append(record)
         ex = Exchange(self, handler, record, json_error)
+        endpoint = self.endpoint
+        if endpoint is not None and not endpoint.admit(ex):
+            return  # the proxy in front answered (or the server is stopping)
         if body is None:  # over the size limit
             self.payload_too_large(ex)
             return
-        fault = record.fault
+        record.fault = fault = self._take_fault(record.method, record.path)
         if fault is not None and fault.kind == "delay" and not self.sleep(fault.seconds):
             ex.abort()
             return
         if fault is not None and fault.kind == "close_without_response":
             ex.abort()
             return
-        if fault is not None and fault.kind == "status":
+        if fault is not None and fault.kind in ("status", "redirect"):
             ex.send(fault.code, fault.body, headers=dict(fault.headers))
+            return
+        if fault is not None and fault.kind == "echo_authorization" and not fault.stream:
+            ex.send_json(fault.code, self.error_body(ex.echoed_message(fault), fault.error_type, fault.code))
             return
         self._dispatch(ex)
         if not ex.responded:

@@ -42,6 +42,7 @@ from typing import Any, Literal
 from ._common import Exchange, FakeServer
 from .openai_compat import OpenAIEngine, StreamUsage, openai_error
 from .tgi import TGILimits, serve_generation
+from .tls import TLSConfig
 
 ProviderMappings = Mapping[str, Iterable[Mapping[str, Any]]]
 _ROUTING_POLICIES = ("", "fastest", "cheapest", "preferred")
@@ -78,14 +79,18 @@ class FakeHub(FakeServer):
         pipeline_tags: Mapping[str, str | None] | None = None,
         default_pipeline_tag: str | None = "text-generation",
         token: str | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(tls=tls)
         self.models = normalize_mappings(models)
         self.mapping_shape = mapping_shape
         self.pipeline_tags: dict[str, str | None] = dict(pipeline_tags or {})
         self.default_pipeline_tag = default_pipeline_tag
         self.token = token
         self.route("GET", r"/api/models/(?P<repo_id>[^/]+(?:/[^/]+)?)(?:/revision/(?P<revision>.+))?", self._model)
+
+    def error_body(self, message: str, error_type: str, status: int) -> Any:
+        return {"error": message}
 
     def pipeline_tag(self, model_id: str) -> str | None:
         return self.pipeline_tags.get(model_id, self.default_pipeline_tag)
@@ -163,6 +168,7 @@ class FakeRouter(FakeServer):
         keepalive_comment: str = "",
         token_delay: float = 0.0,
         done_marker: bool = True,
+        tls: TLSConfig | None = None,
     ) -> None:
         super().__init__(
             tokens,
@@ -171,6 +177,7 @@ class FakeRouter(FakeServer):
             keepalive_comment=keepalive_comment,
             token_delay=token_delay,
             done_marker=done_marker,
+            tls=tls,
         )
         # `models` may be a FakeHub's own dict: keep that very object so both fakes see the same changes.
         self.models = models if isinstance(models, dict) and _is_normalized(models) else normalize_mappings(models)
@@ -193,6 +200,9 @@ class FakeRouter(FakeServer):
         self.route("POST", r"/hf-inference/models/(?P<model>[^/]+(?:/[^/]+)?)", self._hf_text_generation)
         self.route("POST", r"/(?P<provider>[^/]+)/v1/chat/completions", self._provider_chat)
         self.route("POST", r"/(?P<provider>[^/]+)/v1/completions", self._provider_completions)
+
+    def error_body(self, message: str, error_type: str, status: int) -> Any:
+        return {"error": message}
 
     # Helpers ------------------------------------------------------------------------------------
     def _authorized(self, ex: Exchange) -> bool:

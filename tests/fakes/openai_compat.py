@@ -46,6 +46,7 @@ from ._common import (
     generate,
     stream_deltas,
 )
+from .tls import TLSConfig
 
 DEFAULT_MODEL_ID = "fake-org/fake-model"
 StreamUsage = Literal["request", "always", "never"]
@@ -377,6 +378,7 @@ class FakeOpenAI(FakeServer):
         keepalive_comment: str = "",
         token_delay: float = 0.0,
         done_marker: bool = True,
+        tls: TLSConfig | None = None,
     ) -> None:
         super().__init__(
             tokens,
@@ -385,6 +387,7 @@ class FakeOpenAI(FakeServer):
             keepalive_comment=keepalive_comment,
             token_delay=token_delay,
             done_marker=done_marker,
+            tls=tls,
         )
         self.model_id = model_id
         self.api_key = api_key
@@ -413,6 +416,9 @@ class FakeOpenAI(FakeServer):
     def api_url(self) -> str:
         """The base URL an OpenAI client takes (``url + base_path + "/v1"``)."""
         return f"{self.url}{self.base_path}/v1"
+
+    def error_body(self, message: str, error_type: str, status: int) -> Any:
+        return openai_error(message, error_type, status)
 
     # FastAPI's answers for unknown routes and methods
     def not_found(self, ex: Exchange) -> None:

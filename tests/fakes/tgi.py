@@ -47,6 +47,7 @@ from ._common import (
     token_id,
 )
 from .openai_compat import OpenAIEngine
+from .tls import TLSConfig
 
 DEFAULT_MODEL_ID = "fake-org/fake-model"
 DEFAULT_GENERATION_LENGTH = 1024  # TGI v3: the max_new_tokens default, capped by max_total_tokens
@@ -425,7 +426,7 @@ class FakeTGI(FakeServer):
     """A TGI v3 server over the fake model (see the module docstring for the protocol details).
 
     Attributes worth setting in a test: ``tokens``, ``faults``, ``healthy`` (False: ``/health`` answers
-    503), ``model_pipeline_tag``, ``api_key``, and the streaming options of :class:`FakeServer`.
+    503), ``model_pipeline_tag``, ``api_key``, ``endpoint``, and the options of :class:`FakeServer`.
     """
 
     max_body_bytes = 2_000_000  # TGI's --payload-limit default
@@ -446,6 +447,7 @@ class FakeTGI(FakeServer):
         keepalive_comment: str = "",
         token_delay: float = 0.0,
         done_marker: bool = False,
+        tls: TLSConfig | None = None,
     ) -> None:
         super().__init__(
             tokens,
@@ -454,6 +456,7 @@ class FakeTGI(FakeServer):
             keepalive_comment=keepalive_comment,
             token_delay=token_delay,
             done_marker=done_marker,
+            tls=tls,
         )
         self.model_id = model_id
         self.model_pipeline_tag = model_pipeline_tag

@@ -24,7 +24,7 @@ from haystack_integrations.generators.hugging_face_api import (
     ServerError,
     ValidationError,
 )
-from haystack_integrations.generators.hugging_face_api._transport import MAX_RESPONSE_BYTES
+from haystack_integrations.generators.hugging_face_api._http import MAX_RESPONSE_BYTES
 from tests.fakes import FakeOpenAI, FakeTGI, Fault, TGILimits
 
 TEXT = "Natural Language Processing is a field."
@@ -112,10 +112,12 @@ def test_dns_failure(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_reset_mid_stream_is_not_retried_and_says_what_was_delivered(tgi: FakeTGI) -> None:
     tgi.faults.append(Fault.reset(after_events=3))
     chunks = Chunks()
-    with pytest.raises(APIConnectionError) as raised:
+    with pytest.raises(IncompleteStreamError) as raised:
         make(tgi.url).run("q", streaming_callback=chunks)
     assert raised.value.delivered_text == chunks.text == "Natural Language Processing"
     assert "27 characters had already reached the streaming callback" in str(raised.value)
+    assert "the connection broke" in str(raised.value)
+    assert isinstance(raised.value.__cause__, APIConnectionError)  # why it ended early
     assert posts(tgi) == 1  # no retry: it would repeat the chunks
 
 

@@ -20,7 +20,6 @@ from haystack_integrations.generators.hugging_face_api._protocols import (
     Protocol,
     TGIProtocol,
 )
-from haystack_integrations.generators.hugging_face_api._sse import SSEDecoder
 from haystack_integrations.generators.hugging_face_api._stop import StopWordFilter, cut_at_stop_words
 
 json_values = st.recursive(
@@ -59,16 +58,15 @@ def test_stream_parser_gives_a_reply_or_a_documented_error(
     stream: list[str], protocol: Protocol, stop_words: list[str]
 ) -> None:
     request = GenerationRequest("p", {}, stop_words, False)
-    state = StreamState(request, protocol, "m", ComponentInfo(type="t"), "POST x")
-    decoder = SSEDecoder()
+    state = StreamState(request, protocol, "m", ComponentInfo(type="t"), "POST x", str)
     delivered: list[str] = []
     try:
         for line in [*stream, ""]:
-            data = decoder.feed(line)
-            if data is not None and (chunk := state.on_event(data)) is not None:
+            if (chunk := state.feed(line.encode() + b"\n")) is not None:
                 delivered.append(chunk.content)
             if state.done:
                 break
+        state.raise_failure()
         final = state.final_chunk()
         delivered.append(final.content)
     except HuggingFaceAPIError:

@@ -88,8 +88,22 @@ PROTOCOLS = ("auto", "tgi", "completions", "chat")
 
 # Keys that `api_params` may hold; anything else is a typo we report rather than ignore.
 _API_PARAM_KEYS = frozenset(
-    {"url", "model", "provider", "bill_to", "timeout", "headers", "protocol", "max_retries", "verify"}
+    {
+        "url",
+        "model",
+        "provider",
+        "bill_to",
+        "timeout",
+        "headers",
+        "protocol",
+        "max_retries",
+        "verify",
+        "scale_up_timeout",
+    }
 )
+
+#: How long to wait, by default, for an Inference Endpoint scaled to zero to start a replica.
+DEFAULT_SCALE_UP_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +120,8 @@ class APISettings:
     protocol: str = "auto"
     max_retries: int = 3
     verify: bool = True
+    #: Seconds to wait for an Inference Endpoint scaling up from zero; 0 for other api types or when off.
+    scale_up_timeout: float = 0.0
 
 
 def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISettings:
@@ -136,9 +152,7 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
     else:
         if not url:
             raise ValueError(f"api_params['url'] is required for api_type {api_type.value!r}")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"api_params['url'] must be an http(s) URL such as 'http://localhost:8080', got {url!r}")
+        check_server_url(url)
 
     headers = api_params.get("headers") or {}
     valid_headers = isinstance(headers, Mapping) and all(
@@ -167,6 +181,7 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
     if not isinstance(verify, bool):
         raise TypeError(f"api_params['verify'] must be True or False, got {verify!r}")
 
+    scale_up_timeout = _scale_up_timeout(api_type, api_params)
     timeout = api_params.get("timeout")
     return APISettings(
         api_type=api_type,
@@ -179,7 +194,51 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
         protocol=protocol,
         max_retries=max_retries,
         verify=verify,
+        scale_up_timeout=scale_up_timeout,
     )
+
+
+def check_server_url(url: str, name: str = "api_params['url']") -> None:
+    """
+    A server URL is an http(s) base address without credentials, query or fragment.
+
+    Credentials in a URL would be written to pipeline YAML by `to_dict()` and printed in every error and log
+    line that names the URL; a query or fragment cannot take the route paths appended to it.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http(s) URL such as 'http://localhost:8080', got {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"{name} must not contain a user name or password: the URL is saved in plain text in pipeline YAML "
+            "and shown in error messages. Put the credential in a Secret instead: "
+            "token=Secret.from_env_var('YOUR_VAR'), whose value is sent as 'Bearer <value>', or as it is when it "
+            "has its own scheme (for Basic auth: 'Basic <base64 of user:password>')"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(
+            f"{name} must be the server's base address without a query or fragment (route paths are appended "
+            f"to it), got {parts.scheme}://{parts.netloc}{parts.path}?..."
+        )
+
+
+def _scale_up_timeout(api_type: HFGenerationAPIType, api_params: Mapping[str, Any]) -> float:
+    """`scale_up_timeout`: only Inference Endpoints scale to zero; default 300 s for them, 0 turns it off."""
+    value = api_params.get("scale_up_timeout")
+    if api_type is not HFGenerationAPIType.INFERENCE_ENDPOINTS:
+        if value is not None:
+            raise ValueError(
+                "api_params['scale_up_timeout'] applies to api_type 'inference_endpoints' only (the servers that "
+                f"scale to zero); remove it for {api_type.value!r}"
+            )
+        return 0.0
+    if value is None:
+        return DEFAULT_SCALE_UP_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"api_params['scale_up_timeout'] must be a number of seconds, got {type(value).__name__}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"api_params['scale_up_timeout'] must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 def _optional_str(params: Mapping[str, Any], key: str) -> str | None:

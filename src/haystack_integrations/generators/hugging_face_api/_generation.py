@@ -1,13 +1,13 @@
 """
 From parsed answers to the component's output: reply text and meta, for one-piece answers and streams.
 
-Sync and async runs share all of this; they differ only in how they read lines and call the callback.
+Sync and async runs share all of this; they differ only in how they read bytes and call the callback.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,32 +17,14 @@ from haystack.dataclasses import ComponentInfo, StreamingChunk
 from ._protocols import FAILED_FINISH_REASONS, Generation, Protocol, normalize_finish_reason
 from ._sse import SSEDecoder
 from ._stop import StopWordFilter, cut_at_stop_words
-from .errors import GenerationError, IncompleteStreamError, ResponseFormatError, error_from_event
-
-
-def _copy_chunk(template: dict[str, Any], content: str, meta: dict[str, Any]) -> StreamingChunk:
-    """A StreamingChunk with the fields of `template` but `content` and `meta`, without its constructor."""
-    chunk = object.__new__(StreamingChunk)
-    fields = vars(chunk)
-    fields.update(template)
-    fields["content"] = content
-    fields["meta"] = meta
-    return chunk
-
-
-def _copying_chunks_works() -> bool:
-    """Whether `_copy_chunk` gives what the constructor gives, on the Haystack installed here."""
-    try:
-        built = StreamingChunk(content="x", meta={"m": 1}, index=0)
-        return _copy_chunk(dict(vars(StreamingChunk(content="y", index=0))), "x", {"m": 1}) == built
-    except Exception:  # any change in Haystack's dataclass: use the constructor
-        return False
-
-
-# Haystack's StreamingChunk constructor costs ~3 µs (mutation tracking on every field); a streamed
-# token costs ~10 µs of HTTP and JSON. Chunks between the first and the last differ only in content and
-# meta, so they are copied from one built by the constructor, when that is checked to be equivalent.
-_FAST_CHUNKS = _copying_chunks_works()
+from .errors import (
+    APIConnectionError,
+    GenerationError,
+    HuggingFaceAPIError,
+    IncompleteStreamError,
+    ResponseFormatError,
+    error_from_event,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,14 +113,16 @@ class StreamState:
         request: GenerationRequest,
         protocol: Protocol,
         model: str | None,
-        component_info: ComponentInfo,
+        component_info: ComponentInfo | None,
         where: str,
+        redact: Callable[[str], str],
     ) -> None:
         self._request = request
         self._protocol = protocol
         self._model = model
         self._component_info = component_info
         self._where = where
+        self._redact = redact
         self.reset()
 
     def reset(self) -> None:
@@ -151,31 +135,60 @@ class StreamState:
         self._completion_tokens: int | None = None
         self._server_model: str | None = None
         self._started_at: str | None = None
-        self._template: dict[str, Any] | None = None  # the fields of a middle chunk, for the fast path
         self._events_after_stop = 0
+        #: What went wrong in the stream's content (a malformed or error event): raised by `raise_failure`.
+        self.failure: HuggingFaceAPIError | None = None
         self.complete = False
         self.done = False
+        #: The server ended the stream itself (its final event or `[DONE]`): nothing but its end marker follows.
+        self.ended_by_server = False
 
     @property
     def delivered(self) -> str:
         """The text handed out in chunks so far."""
         return "".join(self._pieces)
 
-    def feed_line(self, line: str) -> StreamingChunk | None:
-        """Takes one line of the stream; returns a chunk to deliver, if the line released text."""
-        data = self._decoder.feed(line)
-        return None if data is None else self.on_event(data)
+    def feed(self, block: bytes) -> StreamingChunk | None:
+        """
+        Takes bytes of the stream as they arrived; returns the chunk to deliver when they released text
+        (the text of all the events they completed, in one chunk).
 
-    def feed_end(self) -> StreamingChunk | None:
-        """Takes the end of the stream (an event may be left without its blank line)."""
-        data = self._decoder.flush()
-        return None if data is None else self.on_event(data)
-
-    def on_event(self, data: str) -> StreamingChunk | None:
-        """Takes the data of one event; returns a chunk to deliver, if the event released text."""
-        if data == "[DONE]":
+        Never raises: a malformed or error event ends the read (`done`) and is kept in `failure`, so the
+        client reading the bytes can tell the stream's failures from its own and from the callback's.
+        """
+        text = ""
+        try:
+            for data in self._decoder.feed(block):
+                if not self.done:
+                    text += self._on_event(data)
+        except HuggingFaceAPIError as error:
+            self.failure = error
             self.done = True
-            return None
+        return self._chunk(text) if text else None
+
+    def raise_failure(self) -> None:
+        """Raises what `feed` found wrong in the stream, if anything."""
+        if self.failure is not None:
+            raise self.failure
+
+    def interrupted_by(self, error: HuggingFaceAPIError) -> HuggingFaceAPIError:
+        """
+        The error for a stream that `error` ended before its final event: once text reached the callback, a
+        broken connection means an incomplete reply (`IncompleteStreamError`, caused by `error`).
+        """
+        if not self._pieces or not isinstance(error, APIConnectionError):
+            return error
+        incomplete = IncompleteStreamError(
+            f"{error.message}; the stream ended before its final event, so the reply is incomplete"
+        )
+        incomplete.__cause__ = error
+        return incomplete
+
+    def _on_event(self, data: bytes) -> str:
+        """Takes the data of one event; returns the text it releases."""
+        if data == b"[DONE]":
+            self.done = self.ended_by_server = True
+            return ""
         try:
             payload = json.loads(data)
         except ValueError:
@@ -188,15 +201,15 @@ class StreamState:
             self.done = self._events_after_stop >= EVENTS_AFTER_STOP
             if payload.get("error"):
                 self.done = True
-                return None
+                return ""
         elif payload.get("error"):
-            raise error_from_event(payload, self._where)
+            raise error_from_event(payload, self._where, self._redact)
         event = self._protocol.parse_event(payload)
         self._record(event)
         text = self._filter.feed(event.text) if event.text else ""
         if self._filter.stopped:
             self.complete = True
-        return self._chunk(text) if text else None
+        return text
 
     def _record(self, event: Generation) -> None:
         check_not_failed(event.finish_reason, self._where)
@@ -204,7 +217,7 @@ class StreamState:
             self._raw_finish_reason = event.finish_reason
             self.complete = True
         if event.final:
-            self.complete = self.done = True
+            self.complete = self.done = self.ended_by_server = True
         if event.prompt_tokens is not None:
             self._prompt_tokens = event.prompt_tokens
         if event.completion_tokens is not None:
@@ -219,21 +232,14 @@ class StreamState:
         if start and self._request.return_full_text:
             text = self._request.prompt + text
         self._pieces.append(text)
-        if meta is None:
-            meta = {"model": self._server_model or self._model}
-        if start or finish_reason is not None or self._template is None:
-            chunk = StreamingChunk(
-                content=text,
-                meta=meta,
-                component_info=self._component_info,
-                index=0,
-                start=start,
-                finish_reason=finish_reason,
-            )
-            if _FAST_CHUNKS and not start and finish_reason is None:
-                self._template = dict(vars(chunk))
-            return chunk
-        return _copy_chunk(self._template, text, meta)
+        return StreamingChunk(
+            content=text,
+            meta={"model": self._server_model or self._model} if meta is None else meta,
+            component_info=self._component_info,
+            index=0,
+            start=start,
+            finish_reason=finish_reason,
+        )
 
     def final_chunk(self) -> StreamingChunk:
         """

@@ -1,27 +1,53 @@
 """
-Retries with exponential backoff, full jitter and `Retry-After`.
+When a failed attempt is tried again, and after how long: decisions only, no sleeping (the sync and
+async clients sleep as they are told).
 
-Retried: connection failures and timeouts, streams cut before their end, HTTP 408, 429 and 5xx, and
-TGI's "overloaded" error events.
-Never retried: anything once streamed text has reached the user's callback, because a second attempt
-would deliver the beginning again. The caller passes `delivered()` so this module can tell.
+Retried, up to `max_retries` times with full-jitter backoff or the server's `Retry-After`:
+connection failures, connect timeouts, HTTP 408, 429 and 5xx, TGI's "overloaded" error events, and
+streams cut before any text reached the callback.
+
+Never retried: a read timeout (the server has the request and may still be generating: a second
+attempt would start the generation again on the same busy server), anything once streamed text has
+reached the user's callback (a second attempt would deliver the beginning again), redirects, and
+every other client error.
+
+Inference Endpoints scale to zero: while a replica starts, their proxy answers 503. With
+`scale_up_timeout` set, a 503 is waited out (the server's `Retry-After`, else a growing backoff)
+until the endpoint answers or that many seconds have passed since the call began, without using up
+`max_retries`; then `EndpointNotReadyError`. The wait is logged at warning level when it starts and
+when it ends, with `hf_scale_up` on the record for programs that show it (the CLI's progress bar).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
-from .errors import APIConnectionError, HuggingFaceAPIError, IncompleteStreamError, OverloadedError, ServerError
+from .errors import (
+    APIConnectionError,
+    APITimeoutError,
+    EndpointNotReadyError,
+    HuggingFaceAPIError,
+    IncompleteStreamError,
+    OverloadedError,
+    ServerError,
+)
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
+
+def is_transient(error: HuggingFaceAPIError) -> bool:
+    """Whether `error` says "not now" rather than "not this request": worth another attempt."""
+    if isinstance(error, APITimeoutError):
+        return error.phase == "connect"
+    if isinstance(error, EndpointNotReadyError):
+        return False  # the scale-up wait is over
+    if isinstance(error, APIConnectionError | OverloadedError | ServerError | IncompleteStreamError):
+        return True
+    return error.status_code == 408
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,64 +59,95 @@ class RetryPolicy:
     max_delay: float = 8.0
     #: A server asking for a longer wait than this is not waited for: the error is raised instead.
     max_retry_after: float = 60.0
+    #: Seconds to wait out 503s of an Inference Endpoint scaling up from zero; 0: no such wait.
+    scale_up_timeout: float = 0.0
+    #: Backoff while an endpoint scales up: from 1 s, doubling, up to this.
+    max_scale_up_delay: float = 15.0
 
-    @staticmethod
-    def is_transient(error: HuggingFaceAPIError) -> bool:
-        """Whether `error` says "not now" rather than "not this request": worth another attempt."""
-        if isinstance(error, APIConnectionError | OverloadedError | ServerError | IncompleteStreamError):
-            return True
-        return error.status_code == 408
+    def budget(self, where: str, clock: Callable[[], float] = time.monotonic) -> RetryBudget:
+        """The retries of one call (a route probe or a generation), starting now."""
+        return RetryBudget(self, where, clock)
 
-    def should_retry(self, error: HuggingFaceAPIError, attempt: int, delivered: str) -> bool:
-        """Whether `error`, raised by attempt number `attempt` (0-based), deserves another attempt."""
-        if attempt >= self.max_retries or delivered:
-            return False
-        if error.retry_after is not None and error.retry_after > self.max_retry_after:
-            return False
-        return self.is_transient(error)
 
-    def delay(self, attempt: int, error: HuggingFaceAPIError) -> float:
-        """Seconds to wait before the next attempt: the server's `Retry-After`, else jittered backoff."""
+class RetryBudget:
+    """What one call has used of its retries, and of its scale-up wait."""
+
+    __slots__ = ("_attempts", "_clock", "_policy", "_scale_up_waits", "_started", "_waiting_since", "_where")
+
+    def __init__(self, policy: RetryPolicy, where: str, clock: Callable[[], float]) -> None:
+        self._policy = policy
+        self._where = where
+        self._clock = clock
+        self._started = clock()
+        self._attempts = 0
+        self._scale_up_waits = 0
+        self._waiting_since: float | None = None
+
+    def wait_before_retry(self, error: HuggingFaceAPIError, delivered: str) -> float:
+        """
+        Seconds to wait before the next attempt after `error`.
+
+        :param error: What the last attempt raised.
+        :param delivered: The text already handed to the streaming callback; any forbids a retry.
+        :raises HuggingFaceAPIError: `error` itself (with `delivered_text` set) when it is not to be retried,
+            or `EndpointNotReadyError` when an endpoint's scale-up took longer than `scale_up_timeout`.
+        """
+        error.delivered_text = delivered
+        policy = self._policy
+        if policy.scale_up_timeout and error.status_code == 503 and not delivered:
+            return self._wait_for_scale_up(error)
+        if self._attempts >= policy.max_retries or delivered or not is_transient(error):
+            raise error
+        if error.retry_after is not None and error.retry_after > policy.max_retry_after:
+            raise error
         if error.retry_after is not None:
-            return error.retry_after
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+            wait = error.retry_after
+        else:
+            wait = random.uniform(0, min(policy.max_delay, policy.base_delay * 2**self._attempts))
+        self._attempts += 1
+        logger.warning("Attempt %d failed (%s); retrying in %.2f s", self._attempts, error.message, wait)
+        return wait
 
+    def _wait_for_scale_up(self, error: HuggingFaceAPIError) -> float:
+        limit = self._policy.scale_up_timeout
+        now = self._clock()
+        remaining = self._started + limit - now
+        if self._waiting_since is None:
+            self._waiting_since = now
+            logger.warning(
+                "%s: the Inference Endpoint is scaling up (HTTP 503); waiting up to %g s for it",
+                self._where,
+                limit,
+                extra={"hf_scale_up": "waiting", "hf_scale_up_seconds": limit},
+            )
+        if remaining <= 0:
+            waited = now - self._waiting_since
+            logger.warning(
+                "%s: the Inference Endpoint is still not ready after %.1f s; giving up",
+                self._where,
+                waited,
+                extra={"hf_scale_up": "gave_up", "hf_scale_up_seconds": waited},
+            )
+            raise EndpointNotReadyError(
+                f"{self._where}: the Inference Endpoint did not become ready in {limit:g} s (it answered 503 "
+                "while scaling up from zero); raise api_params['scale_up_timeout'] for slower cold starts",
+                status_code=503,
+                server_message=error.server_message,
+                retry_after=error.retry_after,
+            ) from error
+        backoff = min(self._policy.max_scale_up_delay, 2.0**self._scale_up_waits) * random.uniform(0.5, 1.0)
+        self._scale_up_waits += 1
+        wait = error.retry_after if error.retry_after is not None else backoff
+        return min(wait, remaining)
 
-def _wait_or_raise(policy: RetryPolicy, error: HuggingFaceAPIError, attempt: int, delivered: str) -> float:
-    """Seconds to wait before retrying `error`; re-raises it when it is not to be retried."""
-    error.delivered_text = delivered
-    if not policy.should_retry(error, attempt, delivered):
-        raise error
-    wait = policy.delay(attempt, error)
-    logger.warning("Attempt %d failed (%s); retrying in %.2f s", attempt + 1, error.message, wait)
-    return wait
-
-
-def call_with_retries(policy: RetryPolicy, attempt_fn: Callable[[], T], delivered: Callable[[], str]) -> T:
-    """
-    Calls `attempt_fn` until it succeeds or fails in a way not worth retrying.
-
-    :param policy: The retry policy.
-    :param attempt_fn: One attempt.
-    :param delivered: Returns the text already handed to the user's callback; non-empty forbids a retry.
-    """
-    attempt = 0
-    while True:
-        try:
-            return attempt_fn()
-        except HuggingFaceAPIError as error:
-            time.sleep(_wait_or_raise(policy, error, attempt, delivered()))
-            attempt += 1
-
-
-async def acall_with_retries(
-    policy: RetryPolicy, attempt_fn: Callable[[], Awaitable[T]], delivered: Callable[[], str]
-) -> T:
-    """The async twin of `call_with_retries`."""
-    attempt = 0
-    while True:
-        try:
-            return await attempt_fn()
-        except HuggingFaceAPIError as error:
-            await asyncio.sleep(_wait_or_raise(policy, error, attempt, delivered()))
-            attempt += 1
+    def succeeded(self) -> None:
+        """Called when an attempt worked: ends (and logs the end of) a scale-up wait."""
+        if self._waiting_since is not None:
+            waited = self._clock() - self._waiting_since
+            self._waiting_since = None
+            logger.warning(
+                "%s: the Inference Endpoint is ready after %.1f s",
+                self._where,
+                waited,
+                extra={"hf_scale_up": "ready", "hf_scale_up_seconds": waited},
+            )

@@ -2,8 +2,9 @@
 Which server, route and protocol a generator uses, decided once (at `warm_up()` or the first run).
 
 The decisions are written as generators that yield the GET requests they need (`Probe`) and receive
-the answers (`ProbeAnswer`), so the same logic runs under `run` and `run_async`: the generator
-component drives them with its sync or async transport.
+the answers (`ProbeAnswer`), so the same logic runs under `run` and `run_async`, and tests drive it by
+hand. Which failed probe still answers a question (`answers_probe`) and when a route falls back to
+another protocol (`Route.after_failure`) are decided here too.
 
 - URL-based api types: TGI's native routes when `GET /info` answers like TGI; otherwise the
   OpenAI-compatible `/v1/completions` (with `/v1/chat/completions` as a fallback, confirmed by the
@@ -22,7 +23,16 @@ from urllib.parse import quote
 
 from ._config import APISettings
 from ._protocols import ChatProtocol, CompletionsProtocol, Protocol, TGIProtocol
-from .errors import APIStatusError, ProviderResolutionError
+from ._retry import is_transient
+from .errors import (
+    APIStatusError,
+    AuthenticationError,
+    EndpointPausedError,
+    HuggingFaceAPIError,
+    ProviderResolutionError,
+    RedirectError,
+    ResponseFormatError,
+)
 
 DEFAULT_HUB_URL = "https://huggingface.co"
 _ROUTER_POLICIES = ("fastest", "cheapest", "preferred")
@@ -59,7 +69,21 @@ class ProbeAnswer:
 
     status: int
     payload: Any = None
-    error: APIStatusError | None = None
+    error: HuggingFaceAPIError | None = None
+
+
+def answers_probe(error: HuggingFaceAPIError) -> bool:
+    """
+    Whether a failed probe still answers "does this server speak that protocol?": a client error (404 from
+    a vLLM server asked for /info) or a body that is not JSON does. A busy or failing server (408, 429, 5xx,
+    connection errors) answers nothing yet, so the probe is retried; a redirect, a paused endpoint or a
+    refused token is the user's to fix, so it is raised at once rather than read as "no such route".
+    """
+    if isinstance(error, ResponseFormatError):
+        return True
+    if not isinstance(error, APIStatusError) or is_transient(error):
+        return False
+    return not isinstance(error, RedirectError | EndpointPausedError | AuthenticationError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +104,31 @@ class Route:
         """This route, known to work: no fallback any more."""
         return self if self.fallback is None else replace(self, fallback=None)
 
-    def fallen_back(self) -> Route:
-        """The fallback route."""
-        assert self.fallback is not None
+    def after_failure(self, error: HuggingFaceAPIError) -> Route:
+        """
+        The route to try when the first request through this one failed with `error`: the fallback protocol
+        when the server has no such route (404/405); otherwise `error` is raised. The fallback is kept only
+        once a request through it succeeds (see `confirmed`).
+        """
+        if self.fallback is None or error.status_code not in (404, 405):
+            raise error
         return replace(self, protocol=self.fallback, fallback=None)
+
+    def check(self, params: Mapping[str, Any], stop_words: list[str]) -> None:
+        """Raises `ValueError` naming what this route cannot honour: a parameter, or too many stop words / tokens."""
+        self.protocol.check_parameters(params)
+        if self.max_stop_sequences is not None and len(stop_words) > self.max_stop_sequences:
+            raise ValueError(
+                f"stop_words: {len(stop_words)} stop words (stop_words plus generation_kwargs['stop']) "
+                f"but the server accepts at most {self.max_stop_sequences}"
+            )
+        max_new_tokens = params.get("max_new_tokens")
+        limit = self.max_total_tokens
+        if limit is not None and max_new_tokens is not None and max_new_tokens >= limit:
+            raise ValueError(
+                f"generation_kwargs['max_new_tokens'] is {max_new_tokens} but the server's max_total_tokens "
+                f"(prompt plus reply) is {limit}"
+            )
 
 
 Resolution = Generator[Probe, ProbeAnswer, Route]

@@ -1,37 +1,47 @@
 """
-Server-sent events, as inference servers actually write them.
+Server-sent events, as inference servers actually write them, decoded from the bytes as they arrive.
 
-Accepted: `data:` with or without the space after the colon (TGI < 2.1 wrote none), `:` comment lines
-(TGI's keep-alives), other fields (`event:`, `id:`, `retry:`) which carry nothing we need, multi-line
-data, and a last event not followed by a blank line. `[DONE]` is returned as data like any other: the
-protocol layer decides what it means.
+Accepted: `data:` with or without the space after the colon (TGI < 2.1 wrote none), `\\n` or `\\r\\n`
+line endings, `:` comment lines (TGI's keep-alives), other fields (`event:`, `id:`, `retry:`) which
+carry nothing we need, and multi-line data. An event exists only once its blank line has arrived: a
+stream that ends inside an event (a connection cut halfway through `data: {...}`) leaves that event
+out, as the SSE standard says, so the cut is seen as a cut and not as a malformed event. `[DONE]` is
+returned as data like any other: the protocol layer decides what it means.
 """
 
 from __future__ import annotations
 
 
 class SSEDecoder:
-    """Turns lines (without their line ending) into the data of complete events."""
+    """Turns blocks of bytes, split anywhere, into the data of complete events."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "_partial")
 
     def __init__(self) -> None:
-        self._data: list[str] = []
+        self._partial = b""  # the start of a line whose end has not arrived yet
+        self._data: list[bytes] = []  # the data lines of the event being read
 
-    def feed(self, line: str) -> str | None:
-        """Adds one line; returns the event's data when this line completes an event."""
-        if line.startswith("data:"):
-            value = line[5:]
-            self._data.append(value[1:] if value.startswith(" ") else value)
-            return None
-        if not line:  # a blank line ends the event
-            return self.flush()
-        return None  # comments (":...") and fields we do not use
+    def feed(self, block: bytes) -> list[bytes]:
+        """Adds bytes of the stream; returns the data of the events they complete, in order."""
+        if self._partial:
+            block = self._partial + block
+        lines = block.split(b"\n")
+        self._partial = lines.pop()
+        events: list[bytes] = []
+        data = self._data
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:  # a blank line ends the event
+                if data:
+                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data.clear()
+            elif line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+            # comments (":...") and the fields we do not use carry nothing
+        return events
 
-    def flush(self) -> str | None:
-        """Returns the data of an event left open when the stream ended, if any."""
-        if not self._data:
-            return None
-        data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
-        self._data.clear()
-        return data
+    @property
+    def pending(self) -> bool:
+        """Whether part of an event has arrived without its blank line."""
+        return bool(self._data or self._partial)

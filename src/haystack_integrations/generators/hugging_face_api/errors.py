@@ -6,30 +6,34 @@ the parameter. Everything that goes wrong on the wire is one of these::
 
     HuggingFaceAPIError                 base class: catch this to catch them all
     ├── APIConnectionError              the server could not be reached, or the connection broke
-    │   └── APITimeoutError             connect or read timeout
+    │   └── APITimeoutError             connect timeout (retried) or read timeout (not retried): see `phase`
     ├── APIStatusError                  the server answered with an error (HTTP status or in-stream event)
+    │   ├── RedirectError               3xx: redirects are never followed; the message says where it points
     │   ├── BadRequestError             400, 413, 415 and other 4xx not listed below
-    │   │   └── PayloadTooLargeError    413
+    │   │   ├── PayloadTooLargeError    413
+    │   │   └── EndpointPausedError     400 from a paused Inference Endpoint: resume it first
     │   ├── AuthenticationError         401, 403
     │   ├── NotFoundError               404: unknown route or model
     │   ├── ValidationError             422, or TGI error_type "validation"
     │   ├── GenerationError             424, or TGI error_type "generation" / "incomplete_generation"
     │   ├── OverloadedError             429, or TGI error_type "overloaded"
     │   └── ServerError                 5xx
+    │       └── EndpointNotReadyError   503 from an Inference Endpoint still scaling up after `scale_up_timeout`
     ├── ResponseFormatError             the answer did not follow the protocol (bad JSON, bad SSE)
     ├── IncompleteStreamError           a stream ended before its final event
     └── ProviderResolutionError         serverless: no usable Inference Provider for the model
 
-Every error carries `status_code` (when there was one), `server_message` (what the server said),
-`error_type` (TGI's field, when present), `retry_after` (seconds, from the `Retry-After` header) and
-`delivered_text`: the text already handed to the streaming callback before the failure, so a caller
-knows exactly what a partial stream contained. A failure is never returned as a reply.
+Every error carries `status_code` (when there was one), `server_message` (what the server said, with
+the token in use replaced by `<redacted>`), `error_type` (TGI's field, when present), `retry_after`
+(seconds, from the `Retry-After` header) and `delivered_text`: the text already handed to the
+streaming callback before the failure, so a caller knows exactly what a partial stream contained. A
+failure is never returned as a reply.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
@@ -38,6 +42,8 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "EndpointNotReadyError",
+    "EndpointPausedError",
     "GenerationError",
     "HuggingFaceAPIError",
     "IncompleteStreamError",
@@ -45,6 +51,7 @@ __all__ = [
     "OverloadedError",
     "PayloadTooLargeError",
     "ProviderResolutionError",
+    "RedirectError",
     "ResponseFormatError",
     "ServerError",
     "ValidationError",
@@ -82,11 +89,27 @@ class APIConnectionError(HuggingFaceAPIError):
 
 
 class APITimeoutError(APIConnectionError):
-    """The connect or read timeout passed (see `api_params["timeout"]`)."""
+    """
+    The connect or read timeout passed (see `api_params["timeout"]`).
+
+    `phase` is `"connect"` (nothing reached the server: retried) or `"read"` (the server has the request
+    and may still be generating: not retried, so a long generation is never started twice).
+    """
+
+    def __init__(self, message: str, *, phase: str) -> None:
+        super().__init__(message)
+        self.phase = phase
 
 
 class APIStatusError(HuggingFaceAPIError):
     """The server answered with an error, as an HTTP status or as an error event inside a stream."""
+
+
+class RedirectError(APIStatusError):
+    """
+    HTTP 3xx. Redirects are never followed (a token must not travel to wherever a server points), so the
+    configured address is not the final one; the message names where the redirect points.
+    """
 
 
 class BadRequestError(APIStatusError):
@@ -95,6 +118,10 @@ class BadRequestError(APIStatusError):
 
 class PayloadTooLargeError(BadRequestError):
     """HTTP 413: the request body is over the server's limit (TGI: 2 MB)."""
+
+
+class EndpointPausedError(BadRequestError):
+    """A paused Inference Endpoint answers 400 until someone resumes it; it does not wake up by itself."""
 
 
 class AuthenticationError(APIStatusError):
@@ -119,6 +146,10 @@ class OverloadedError(APIStatusError):
 
 class ServerError(APIStatusError):
     """HTTP 5xx: the server failed; retried automatically."""
+
+
+class EndpointNotReadyError(ServerError):
+    """An Inference Endpoint kept answering 503 (scaling up from zero) for longer than `scale_up_timeout`."""
 
 
 class ResponseFormatError(HuggingFaceAPIError):
@@ -177,35 +208,62 @@ def _server_message(payload: Any) -> tuple[str | None, str | None]:
     return (None if message is None else str(message)), (None if error_type is None else str(error_type))
 
 
-def error_from_response(status: int, body: bytes, retry_after: float | None, where: str) -> APIStatusError:
+def _no_redaction(text: str) -> str:
+    return text
+
+
+def error_from_response(
+    status: int,
+    body: bytes,
+    retry_after: float | None,
+    where: str,
+    redact: Callable[[str], str] = _no_redaction,
+    endpoint: bool = False,
+) -> APIStatusError:
     """
-    Builds the exception for an HTTP error response.
+    Builds the exception for an HTTP error response (status >= 400).
 
     :param status: The HTTP status code.
     :param body: The raw response body (JSON or plain text).
     :param retry_after: Seconds from the `Retry-After` header, if any.
-    :param where: What was requested, for the message (method and path, never a token).
+    :param where: What was requested, for the message (method and URL, never a token).
+    :param redact: Removes the token in use from server text, which may echo it.
+    :param endpoint: The request went to an Inference Endpoint, whose proxy answers a paused endpoint with
+        `400 {"error": "Bad Request: Invalid state"}` (words that never say "paused").
     """
-    text = body.decode("utf-8", "replace").strip()
+    text = redact(body.decode("utf-8", "replace").strip())
     try:
         message, error_type = _server_message(json.loads(text))
     except ValueError:
         message, error_type = None, None
     if message is None:
         message = text[:2000] or None
+    if endpoint and status == 400 and message and any(w in message.lower() for w in ("invalid state", "paused")):
+        return EndpointPausedError(
+            f"{where} failed with HTTP 400: the Inference Endpoint is paused (or otherwise not running) and "
+            "answers nothing until it is resumed: resume it in its page on huggingface.co/endpoints, or with "
+            f"huggingface_hub's resume_inference_endpoint(). The server said: {message}",
+            status_code=status,
+            server_message=message,
+            error_type=error_type,
+        )
     cls = _ERROR_TYPES.get(error_type or "") or _class_for_status(status)
     summary = f"{where} failed with HTTP {status}" + (f": {message}" if message else "")
     return cls(summary, status_code=status, server_message=message, error_type=error_type, retry_after=retry_after)
 
 
-def error_from_event(payload: Mapping[str, Any], where: str) -> APIStatusError:
+def error_from_event(
+    payload: Mapping[str, Any], where: str, redact: Callable[[str], str] = _no_redaction
+) -> APIStatusError:
     """
     Builds the exception for an error event inside a stream (TGI answers 200 and then sends the error).
 
     :param payload: The decoded event.
     :param where: What was requested, for the message.
+    :param redact: Removes the token in use from server text.
     """
     message, error_type = _server_message(payload)
+    message = None if message is None else redact(message)
     cls = _ERROR_TYPES.get(error_type or "", GenerationError)
     return cls(
         f"{where} reported an error in its stream: {message}",

@@ -1,0 +1,287 @@
+"""
+What a generator does, written once for `run` and `run_async`: the sans-I/O core.
+
+A *flow* is a generator that yields *effects* for a client to perform and receives their outcomes:
+
+- `Exchange(request, stream)`: send one HTTP request; the outcome is an `Answer`, or the
+  `HuggingFaceAPIError` the transport failed with (thrown into the flow). With `stream`, the client
+  feeds every block of the body to `stream` (a `StreamState`) and delivers the chunks it returns;
+- `Sleep(seconds)`: wait before a retry;
+- `Deliver(chunk)`: hand a chunk to the user's streaming callback.
+
+`ClientCore` holds everything that is not I/O (validated settings, credentials, retry policy, the
+resolved route) and writes the two flows: `resolution()` decides the route (probing the server or the
+Hub), `generation()` produces one reply with retries, the completions-to-chat fallback and stop words.
+The sync client (`_sync`, urllib3) and the async client (`_async`, aiohttp) run them with `Driver`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Generic, TypeVar
+
+from haystack.dataclasses import ComponentInfo, StreamingChunk
+from haystack.utils import Secret
+
+from ._auth import Credentials, origin_of
+from ._config import APISettings, HFGenerationAPIType
+from ._generation import GenerationRequest, StreamState, reply_from_generation
+from ._http import Answer, Request, json_body, raise_for_status
+from ._retry import RetryPolicy
+from ._routing import (
+    Probe,
+    ProbeAnswer,
+    Route,
+    answers_probe,
+    hub_url,
+    resolve_provider_route,
+    resolve_url_route,
+    server_base_url,
+)
+from .errors import HuggingFaceAPIError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """Send `request`; with `stream`, feed the body to it and deliver the chunks it returns."""
+
+    request: Request
+    stream: StreamState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait `seconds` (without blocking an event loop)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Hand `chunk` to the streaming callback."""
+
+    chunk: StreamingChunk
+
+
+Effect = Exchange | Sleep | Deliver
+Flow = Generator[Effect, Any, T]
+
+
+class Driver(Generic[T]):
+    """
+    Runs a flow for a client: `start()` and `send(outcome)` return the next effect, or None once the flow
+    has finished (then `result` holds its value). An outcome that is a `HuggingFaceAPIError` is raised
+    inside the flow, where the retry logic sees it; a flow's own error propagates out of `send`.
+    """
+
+    __slots__ = ("_flow", "result")
+
+    def __init__(self, flow: Flow[T]) -> None:
+        self._flow = flow
+
+    def start(self) -> Effect | None:
+        return self.send(None)
+
+    def send(self, outcome: Any) -> Effect | None:
+        try:
+            if isinstance(outcome, HuggingFaceAPIError):
+                return self._flow.throw(outcome)
+            return self._flow.send(outcome)
+        except StopIteration as finished:
+            self.result: T = finished.value
+            return None
+
+    def close(self) -> None:
+        """Ends a flow abandoned by an exception outside it (a callback's, a cancellation)."""
+        self._flow.close()
+
+
+def _user_agent() -> str:
+    try:
+        return f"hugging-face-api-generator-haystack/{version('hugging-face-api-generator-haystack')}"
+    except PackageNotFoundError:  # running from a source tree
+        return "hugging-face-api-generator-haystack"
+
+
+_USER_AGENT = _user_agent()
+
+
+def _nothing_delivered() -> str:
+    return ""
+
+
+class ClientCore:
+    """The decisions of one generator, shared by its sync and async clients. Thread-safe: its state is
+    one reference (the route), replaced whole."""
+
+    def __init__(self, settings: APISettings, token: Secret | None) -> None:
+        self.settings = settings
+        self._token = token
+        self._credentials: Credentials | None = None
+        self._targets: dict[str, tuple[dict[str, str], float, bool]] = {}  # per server base URL
+        self.policy = RetryPolicy(max_retries=settings.max_retries, scale_up_timeout=settings.scale_up_timeout)
+        #: The resolved route, once known.
+        self.route: Route | None = None
+        timeout = settings.timeout
+        self._connect, self._read = timeout.connect, timeout.read
+
+    # --- requests --------------------------------------------------------------------------------
+
+    @property
+    def credentials(self) -> Credentials:
+        """The token, resolved at first use (not in `__init__`: an env var may be set later)."""
+        if self._credentials is None:
+            self._credentials = Credentials(self._token)
+        return self._credentials
+
+    def redact(self, text: str) -> str:
+        """Server text without the token in use."""
+        return self.credentials.redact(text)
+
+    def _target(self, base: str) -> tuple[dict[str, str], float, bool]:
+        """
+        For requests to the server at `base`: the headers, how long its proxy may hold a request, and whether
+        it is an Inference Endpoint.
+        """
+        target = self._targets.get(base)
+        if target is None:
+            settings = self.settings
+            headers = {**settings.headers, "User-Agent": _USER_AGENT}
+            authorization = self.credentials.authorization(base)
+            if authorization:
+                headers["Authorization"] = authorization
+            if settings.bill_to:
+                headers["X-HF-Bill-To"] = settings.bill_to
+            endpoint = (
+                settings.api_type is HFGenerationAPIType.INFERENCE_ENDPOINTS
+                and settings.url is not None
+                and origin_of(base) == origin_of(settings.url)
+            )
+            held = settings.scale_up_timeout if endpoint else 0.0
+            if held:
+                # The endpoint's proxy then holds the request until a replica is ready, instead of a 503.
+                headers["X-Scale-Up-Timeout"] = f"{held:g}"
+            target = self._targets[base] = (headers, held, endpoint)
+        return target
+
+    def _request(
+        self, method: str, base: str, path: str, body: Any = None, redirect_hint: str | None = None
+    ) -> Request:
+        headers, held, endpoint = self._target(base)
+        data = None
+        if body is not None:
+            headers = {**headers, "Content-Type": "application/json"}
+            data = json.dumps(body, ensure_ascii=False).encode()
+        url = base + path
+        hint = redirect_hint or "set api_params['url'] to the address the redirect points to"
+        where = f"{method} {url}"
+        return Request(
+            method, base, url, headers, data, self._connect, self._read, self._read + held, where, hint, endpoint
+        )
+
+    # --- route resolution ------------------------------------------------------------------------
+
+    def resolution(self) -> Flow[Route]:
+        """Decides (and remembers) the route: the probes of `_routing`, each with retries."""
+        settings = self.settings
+        if settings.url is not None:
+            decision = resolve_url_route(settings)
+        else:
+            decision = resolve_provider_route(settings, self.credentials.available)
+        try:
+            probe = next(decision)
+            while True:
+                request = self._probe_request(probe)
+                answer = yield from self._with_retries(request.where, partial(self._probe, request), _nothing_delivered)
+                probe = decision.send(answer)
+        except StopIteration as decided:
+            route: Route = decided.value
+            self.route = route
+            return route
+
+    def _probe_request(self, probe: Probe) -> Request:
+        if probe.target == "hub":
+            hint = "the Hub may have moved the model: check api_params['model']"
+            return self._request("GET", hub_url(), probe.path, redirect_hint=hint)
+        assert self.settings.url is not None
+        return self._request("GET", server_base_url(self.settings.url), probe.path)
+
+    def _probe(self, request: Request) -> Flow[ProbeAnswer]:
+        try:
+            answer: Answer = yield Exchange(request)
+            raise_for_status(request, answer, self.redact)
+            return ProbeAnswer(answer.status, json_body(request, answer))
+        except HuggingFaceAPIError as error:
+            if answers_probe(error):
+                return ProbeAnswer(error.status_code or 200, error=error)
+            raise
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def generation(
+        self, route: Route, request: GenerationRequest, stream: bool, component_info: ComponentInfo | None = None
+    ) -> Flow[tuple[str, dict[str, Any]]]:
+        """
+        One reply: through `route`, or its fallback when the server lacks the route; streamed (chunks
+        delivered as they come) or in one piece.
+        """
+        try:
+            reply = yield from self._generate_via(route, request, stream, component_info)
+        except HuggingFaceAPIError as error:
+            route = route.after_failure(error)  # re-raises unless there is a fallback for this error
+            reply = yield from self._generate_via(route, request, stream, component_info)
+        confirmed = route.confirmed()
+        if confirmed is not self.route:
+            self.route = confirmed
+        return reply
+
+    def _generate_via(
+        self, route: Route, request: GenerationRequest, stream: bool, component_info: ComponentInfo | None
+    ) -> Flow[tuple[str, dict[str, Any]]]:
+        route.check(request.params, request.stop_words)
+        protocol = route.protocol
+        body = protocol.build_body(request.prompt, request.params, request.stop_words, stream=stream)
+        http = self._request("POST", route.base_url, protocol.path(stream), body)
+        if not stream:
+
+            def one_piece() -> Flow[tuple[str, dict[str, Any]]]:
+                answer: Answer = yield Exchange(http)
+                raise_for_status(http, answer, self.redact)
+                generation = protocol.parse_generation(json_body(http, answer), answer.headers.get("x-prompt-tokens"))
+                return reply_from_generation(generation, request, protocol, route.model, http.where)
+
+            return (yield from self._with_retries(http.where, one_piece, _nothing_delivered))
+        state = StreamState(request, protocol, route.model, component_info, http.where, self.redact)
+
+        def streamed() -> Flow[StreamingChunk]:
+            state.reset()
+            try:
+                answer: Answer = yield Exchange(http, state)
+                raise_for_status(http, answer, self.redact)
+                state.raise_failure()
+            except HuggingFaceAPIError as error:
+                if not state.complete:  # a broken tail after the final event does not undo a complete reply
+                    raise state.interrupted_by(error)  # noqa: B904 (the cause is set when it is a new error)
+            return state.final_chunk()  # IncompleteStreamError when the stream ended early
+
+        final = yield from self._with_retries(http.where, streamed, lambda: state.delivered)
+        yield Deliver(final)
+        return state.delivered, state.meta()
+
+    def _with_retries(self, where: str, attempt: Callable[[], Flow[T]], delivered: Callable[[], str]) -> Flow[T]:
+        """Runs `attempt` until it succeeds or fails in a way `_retry` says is not worth another try."""
+        budget = self.policy.budget(where)
+        while True:
+            try:
+                result = yield from attempt()
+            except HuggingFaceAPIError as error:
+                yield Sleep(budget.wait_before_retry(error, delivered()))
+            else:
+                budget.succeeded()
+                return result

@@ -1,0 +1,191 @@
+"""
+The HTTP vocabulary that the sync (urllib3) and async (aiohttp) clients share, free of I/O: requests
+and answers as values, what an answer's status means (errors, redirects), the response size limit,
+`Retry-After`, which proxy a URL goes through and the TLS settings.
+
+Both clients only move bytes: everything here is decided once, for both.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import ipaddress
+import json
+import os
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
+
+import certifi
+
+from .errors import RedirectError, ResponseFormatError, error_from_response
+
+#: A one-piece answer (or an error body) larger than this is refused rather than held in memory.
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request, ready to send."""
+
+    method: str
+    #: The server's base URL (what clients keep a connection pool for); `url` starts with it.
+    base: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes | None
+    #: Seconds to connect, and to wait for each read once the answer has started.
+    connect_timeout: float
+    read_timeout: float
+    #: Seconds to wait for the status line: longer than `read_timeout` when an Inference Endpoint's proxy
+    #: may hold the request while a replica starts (`X-Scale-Up-Timeout`).
+    first_byte_timeout: float
+    #: What the request is, for messages: "POST https://host/generate" (never a header value).
+    where: str
+    #: What the user should change when this request is redirected.
+    redirect_hint: str = "set api_params['url'] to the address the redirect points to"
+    #: The request goes to a Hugging Face Inference Endpoint (which answers 400 when paused).
+    endpoint: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The status, headers and (for one-piece answers and errors) body of a response."""
+
+    status: int
+    headers: Mapping[str, str]  # case-insensitive, as both HTTP libraries give them
+    body: bytes = b""
+
+
+def json_body(request: Request, answer: Answer) -> Any:
+    """The decoded JSON of a successful one-piece answer."""
+    try:
+        return json.loads(answer.body)
+    except ValueError:
+        raise ResponseFormatError(f"{request.where} returned invalid JSON: {answer.body[:200]!r}") from None
+
+
+def raise_for_status(request: Request, answer: Answer, redact: Callable[[str], str]) -> None:
+    """
+    Raises the error an answer stands for: a redirect (never followed, never read as a reply) or an
+    HTTP error status (server text redacted of the token).
+    """
+    status = answer.status
+    if status < 300:
+        return
+    if status < 400:
+        raise _redirect_error(request, answer)
+    retry_after = parse_retry_after(answer.headers.get("retry-after"))
+    raise error_from_response(status, answer.body, retry_after, request.where, redact, request.endpoint)
+
+
+def _redirect_error(request: Request, answer: Answer) -> RedirectError:
+    location = answer.headers.get("location")
+    if location:
+        # Origin and path only: a query string may carry a signature or a key.
+        target = urlsplit(urljoin(request.url, location))
+        points = f"points to {target.scheme}://{target.netloc.rpartition('@')[2]}{target.path or '/'}"
+    else:
+        points = "names no Location"
+    return RedirectError(
+        f"{request.where} answered HTTP {answer.status}, a redirect that {points}. Redirects are not followed "
+        f"(the token must not travel to wherever a server points): {request.redirect_hint}",
+        status_code=answer.status,
+    )
+
+
+def check_size(request: Request, received: int, declared: str | None = None) -> None:
+    """Refuses an answer over `MAX_RESPONSE_BYTES`, by its declared length or by what has arrived."""
+    length = int(declared) if declared and declared.isdigit() else 0
+    if max(received, length) > MAX_RESPONSE_BYTES:
+        raise ResponseFormatError(f"{request.where} returned more than {MAX_RESPONSE_BYTES} bytes; refused")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds (it may be a number of seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# --- proxies ---------------------------------------------------------------------------------------
+
+
+def is_loopback(url: str) -> bool:
+    """Whether `url` names this machine."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """A proxy from the environment: its URL without credentials, and the header that carries them."""
+
+    url: str
+    headers: Mapping[str, str]
+
+
+def proxy_for(url: str) -> Proxy | None:
+    """
+    The proxy that `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` name for `url`, unless `NO_PROXY` exempts it.
+
+    Read as httpx read them, so users keep what they had. Traffic to this machine never goes through a
+    proxy: the proxy would refuse it, or see it.
+    """
+    if is_loopback(url):
+        return None
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    if "://" not in proxy:
+        proxy = "http://" + proxy
+    proxy_parts = urlsplit(proxy)
+    headers: dict[str, str] = {}
+    if proxy_parts.username is not None:
+        credentials = f"{unquote(proxy_parts.username)}:{unquote(proxy_parts.password or '')}"
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    host = proxy_parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if proxy_parts.port is not None:
+        netloc += f":{proxy_parts.port}"
+    return Proxy(f"{proxy_parts.scheme}://{netloc}", headers)
+
+
+# --- TLS -------------------------------------------------------------------------------------------
+
+
+def ssl_context(verify: bool) -> ssl.SSLContext:
+    """
+    The TLS settings: certificates verified against `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else
+    certifi's bundle (what httpx users had); with `verify=False`, nothing is checked.
+    """
+    if not verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    cafile = os.environ.get("SSL_CERT_FILE") or None
+    capath = os.environ.get("SSL_CERT_DIR") or None
+    if cafile is None and capath is None:
+        cafile = certifi.where()
+    return ssl.create_default_context(cafile=cafile, capath=capath)
