@@ -21,7 +21,7 @@ import aiohttp
 
 from ._core import ClientCore, Deliver, Driver, Effect, Exchange, Flow, T
 from ._generation import StreamState
-from ._http import MAX_RESPONSE_BYTES, Answer, Proxy, Request, check_size, proxy_for, ssl_context
+from ._http import Answer, BoundedBody, Proxy, Request, proxy_for, ssl_context
 from ._routing import Route
 from .errors import APIConnectionError, APITimeoutError, HuggingFaceAPIError, ResponseFormatError
 
@@ -29,6 +29,7 @@ AsyncCallback = Callable[[Any], Awaitable[None] | None]
 
 #: Connections per server and event loop: enough for hundreds of requests in flight.
 CONNECTION_LIMIT = 1024
+_BLOCK = 64 * 1024
 _LIBRARY_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
@@ -236,17 +237,11 @@ class AsyncClient:
                     block = await content.readany()
                 except _LIBRARY_ERRORS as error:
                     return _translate(error, request.where)
-                if not block:
-                    reusable = True
-                    break
-                chunk = stream.feed(block)
-                if chunk is not None:
-                    assert callback is not None
-                    result = callback(chunk)
+                if (chunk := stream.feed(block)) is not None:
+                    result = callback(chunk)  # type: ignore[misc]  # a stream always comes with a callback
                     if result is not None and inspect.isawaitable(result):
                         await result
-            else:
-                reusable = stream.ended_by_server and await self._drain(content)
+            reusable = await self._drain(content) if stream.should_drain else stream.at_eof
             return Answer(response.status, response.headers)
         finally:
             if reusable:
@@ -267,15 +262,11 @@ class AsyncClient:
     @staticmethod
     async def _read_whole(request: Request, response: aiohttp.ClientResponse) -> Answer | HuggingFaceAPIError:
         try:
-            check_size(request, 0, response.headers.get("content-length"))
-            parts: list[bytes] = []
-            received = 0
-            while part := await response.content.read(MAX_RESPONSE_BYTES + 1 - received):
-                received += len(part)
-                check_size(request, received)
-                parts.append(part)
+            body = BoundedBody(request, response.headers)
+            async for part in response.content.iter_chunked(_BLOCK):
+                body.add(part)
         except _LIBRARY_ERRORS as error:
             return _translate(error, request.where)
-        except HuggingFaceAPIError as error:
+        except HuggingFaceAPIError as error:  # too large
             return error
-        return Answer(response.status, response.headers, b"".join(parts))
+        return body.answer(response.status, response.headers)

@@ -142,6 +142,8 @@ class StreamState:
         self.done = False
         #: The server ended the stream itself (its final event or `[DONE]`): nothing but its end marker follows.
         self.ended_by_server = False
+        #: The body ended (the reader fed `b""`).
+        self.at_eof = False
 
     @property
     def delivered(self) -> str:
@@ -155,7 +157,11 @@ class StreamState:
 
         Never raises: a malformed or error event ends the read (`done`) and is kept in `failure`, so the
         client reading the bytes can tell the stream's failures from its own and from the callback's.
+        `b""` means the body ended.
         """
+        if not block:
+            self.at_eof = self.done = True
+            return None
         text = ""
         try:
             for data in self._decoder.feed(block):
@@ -165,6 +171,15 @@ class StreamState:
             self.failure = error
             self.done = True
         return self._chunk(text) if text else None
+
+    @property
+    def should_drain(self) -> bool:
+        """
+        Whether to read what is left of the body once the read stopped, to keep the connection: the server
+        ended the stream and only its end marker follows. Otherwise, unless the body is over (`at_eof`), the
+        connection must be closed, which also stops a server that is still generating.
+        """
+        return self.ended_by_server and not self.at_eof and self.failure is None
 
     def raise_failure(self) -> None:
         """Raises what `feed` found wrong in the stream, if anything."""

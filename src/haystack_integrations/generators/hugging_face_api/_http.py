@@ -99,11 +99,32 @@ def _redirect_error(request: Request, answer: Answer) -> RedirectError:
     )
 
 
-def check_size(request: Request, received: int, declared: str | None = None) -> None:
-    """Refuses an answer over `MAX_RESPONSE_BYTES`, by its declared length or by what has arrived."""
-    length = int(declared) if declared and declared.isdigit() else 0
-    if max(received, length) > MAX_RESPONSE_BYTES:
-        raise ResponseFormatError(f"{request.where} returned more than {MAX_RESPONSE_BYTES} bytes; refused")
+class BoundedBody:
+    """
+    Collects a one-piece body (or an error body) as it arrives, refusing one over `MAX_RESPONSE_BYTES` by
+    its declared length or by what has arrived, so a huge answer is never held in memory.
+    """
+
+    __slots__ = ("_parts", "_received", "_request")
+
+    def __init__(self, request: Request, headers: Mapping[str, str]) -> None:
+        self._request = request
+        self._parts: list[bytes] = []
+        self._received = 0
+        declared = headers.get("content-length")
+        self._check(int(declared) if declared and declared.isdigit() else 0)
+
+    def add(self, part: bytes) -> None:
+        self._received += len(part)
+        self._check(self._received)
+        self._parts.append(part)
+
+    def _check(self, size: int) -> None:
+        if size > MAX_RESPONSE_BYTES:
+            raise ResponseFormatError(f"{self._request.where} returned more than {MAX_RESPONSE_BYTES} bytes; refused")
+
+    def answer(self, status: int, headers: Mapping[str, str]) -> Answer:
+        return Answer(status, headers, b"".join(self._parts))
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -114,20 +114,9 @@ class RetryBudget:
         remaining = self._started + limit - now
         if self._waiting_since is None:
             self._waiting_since = now
-            logger.warning(
-                "%s: the Inference Endpoint is scaling up (HTTP 503); waiting up to %g s for it",
-                self._where,
-                limit,
-                extra={"hf_scale_up": "waiting", "hf_scale_up_seconds": limit},
-            )
+            self._log_scale_up("waiting", limit, "is scaling up (HTTP 503); waiting up to %g s for it")
         if remaining <= 0:
-            waited = now - self._waiting_since
-            logger.warning(
-                "%s: the Inference Endpoint is still not ready after %.1f s; giving up",
-                self._where,
-                waited,
-                extra={"hf_scale_up": "gave_up", "hf_scale_up_seconds": waited},
-            )
+            self._log_scale_up("gave_up", now - self._waiting_since, "is still not ready after %.1f s; giving up")
             raise EndpointNotReadyError(
                 f"{self._where}: the Inference Endpoint did not become ready in {limit:g} s (it answered 503 "
                 "while scaling up from zero); raise api_params['scale_up_timeout'] for slower cold starts",
@@ -143,11 +132,14 @@ class RetryBudget:
     def succeeded(self) -> None:
         """Called when an attempt worked: ends (and logs the end of) a scale-up wait."""
         if self._waiting_since is not None:
-            waited = self._clock() - self._waiting_since
+            self._log_scale_up("ready", self._clock() - self._waiting_since, "is ready after %.1f s")
             self._waiting_since = None
-            logger.warning(
-                "%s: the Inference Endpoint is ready after %.1f s",
-                self._where,
-                waited,
-                extra={"hf_scale_up": "ready", "hf_scale_up_seconds": waited},
-            )
+
+    def _log_scale_up(self, event: str, seconds: float, what: str) -> None:
+        """A warning for people, with `hf_scale_up` / `hf_scale_up_seconds` on the record for programs."""
+        logger.warning(
+            f"%s: the Inference Endpoint {what}",
+            self._where,
+            seconds,
+            extra={"hf_scale_up": event, "hf_scale_up_seconds": seconds},
+        )

@@ -30,7 +30,7 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from ._core import ClientCore, Deliver, Driver, Effect, Exchange, Flow, T
 from ._generation import StreamState
-from ._http import Answer, Request, check_size, proxy_for, ssl_context
+from ._http import Answer, BoundedBody, Request, proxy_for, ssl_context
 from ._routing import Route
 from .errors import APIConnectionError, APITimeoutError, HuggingFaceAPIError, ResponseFormatError
 
@@ -179,15 +179,9 @@ class SyncClient:
                     block = next(blocks, b"")
                 except HTTPError as error:
                     return _translate(error, request.where)
-                if not block:
-                    reusable = True
-                    break
-                chunk = stream.feed(block)
-                if chunk is not None:
-                    assert callback is not None
-                    callback(chunk)
-            else:
-                reusable = stream.ended_by_server and self._drain(blocks)
+                if (chunk := stream.feed(block)) is not None:
+                    callback(chunk)  # type: ignore[misc]  # a stream always comes with a callback
+            reusable = self._drain(blocks) if stream.should_drain else stream.at_eof
             return Answer(response.status, response.headers)
         finally:
             if not reusable:  # closing also stops a server that is still generating
@@ -207,18 +201,14 @@ class SyncClient:
     @staticmethod
     def _read_whole(request: Request, response: urllib3.BaseHTTPResponse) -> Answer | HuggingFaceAPIError:
         try:
-            check_size(request, 0, response.headers.get("content-length"))
-            parts: list[bytes] = []
-            received = 0
+            body = BoundedBody(request, response.headers)
             for part in response.stream(_BLOCK):
-                received += len(part)
-                check_size(request, received)
-                parts.append(part)
+                body.add(part)
         except HTTPError as error:
             return _translate(error, request.where)
-        except HuggingFaceAPIError as error:
+        except HuggingFaceAPIError as error:  # too large
             return error
-        return Answer(response.status, response.headers, b"".join(parts))
+        return body.answer(response.status, response.headers)
 
     @staticmethod
     def _blocks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
