@@ -229,8 +229,9 @@ class AsyncClient:
                 return answer
             if request.first_byte_timeout != request.read_timeout:
                 protocol = response.connection.protocol if response.connection is not None else None
-                if protocol is not None:
-                    protocol.read_timeout = request.read_timeout  # the answer has started: reads get the usual one
+                if protocol is not None:  # the answer has started: reads get the usual timeout, from now on
+                    protocol.read_timeout = request.read_timeout
+                    protocol.start_timeout()
             content = response.content
             while not stream.done:
                 try:
