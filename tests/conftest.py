@@ -17,6 +17,10 @@ os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HF_TOKEN", "HF_API_TOKEN", "HF_ENDPOINT", "HF_ROUTER_URL", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
+    # Proxies are the tests' to set (tests/test_http_stack.py), never the machine's.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
 
 
 @pytest.fixture

@@ -1,14 +1,22 @@
-"""The command line against the fake TGI server: one prompt, a saved pipeline, batches with resume."""
+"""The command line against the fake servers: one prompt, a saved pipeline, batches with resume, and each failure."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
+from tqdm import tqdm
 
-from haystack_integrations.generators.hugging_face_api.cli import main
-from tests.fakes import FakeTGI, Fault
+from haystack_integrations.generators.hugging_face_api import cli
+from haystack_integrations.generators.hugging_face_api.cli import ScaleUpProgress, main, scale_up_progress
+from tests.fakes import FakeOpenAI, FakeTGI, Fault
+
+PACKAGE_LOGGER = "haystack_integrations.generators.hugging_face_api"
 
 TEXT = "Natural Language Processing is a field."
 
@@ -127,3 +135,245 @@ def test_batch_keeps_ids_as_given_and_numbers_lines_without_id(tgi: FakeTGI, tmp
     records = read_output(output)
     assert [r["id"] for r in records] == [7, 2, 3]
     assert records[2]["reply"] == "Natural"
+
+
+# --- failures: one or two lines on stderr, a non-zero exit code -----------------------------------
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there any more
+
+
+def stderr_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.splitlines()
+
+
+def test_server_down(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hi", "--url", closed_port_url()]) == 1
+    error, hint = stderr_lines(capsys)  # exactly two lines: no retry warnings, no traceback
+    assert error.startswith("error: ")
+    assert "connect" in error
+    assert hint == "hint: check that the server is running and reachable at --url (or the pipeline's url)"
+
+
+def test_timeout(tgi: FakeTGI, capsys: pytest.CaptureFixture[str]) -> None:
+    tgi.faults.extend([Fault.delay(3)] * 4)
+    assert main(["hi", "--url", tgi.url, "--protocol", "tgi", "--timeout", "0.3"]) == 1
+    error, hint = stderr_lines(capsys)
+    assert error.startswith("error: ")
+    assert "timed out" in error
+    assert hint.startswith("hint: the server took longer than the timeout")
+    assert "--timeout" in hint
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [
+        (401, "hint: check the token: HF_TOKEN / HF_API_TOKEN"),
+        (404, "hint: check --url (the server's base URL) and --model"),
+        (400, "hint: the server refused the request"),
+    ],
+)
+def test_http_error(tgi: FakeTGI, capsys: pytest.CaptureFixture[str], status: int, hint: str) -> None:
+    tgi.faults.append(Fault.status(status, {"error": f"refused with {status}"}))
+    assert main(["hi", "--url", tgi.url, "--protocol", "tgi", "--no-stream"]) == 1
+    error, printed_hint = stderr_lines(capsys)
+    assert error.startswith("error: ")
+    assert f"HTTP {status}" in error
+    assert f"refused with {status}" in error  # the server's own message
+    assert printed_hint.startswith(hint)
+
+
+def test_verbose_adds_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hi", "--url", closed_port_url(), "--verbose"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") or "Traceback (most recent call last)" in err
+    assert "APIConnectionError" in err
+    assert err.splitlines()[-2].startswith("error: ")  # the short message still ends the output
+    assert err.splitlines()[-1].startswith("hint: ")
+
+
+def test_a_bad_parameter_is_one_line_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hi", "--url", "ftp://example"]) == 1
+    (error,) = stderr_lines(capsys)
+    assert error.startswith("error: ")
+    assert "api_params['url']" in error
+
+
+def test_a_parameter_the_protocol_cannot_honour(openai_server: FakeOpenAI, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["hi", "--url", openai_server.url, "--protocol", "chat", "--generation-kwargs", '{"typical_p": 0.5}'])
+    assert code == 1
+    (error,) = stderr_lines(capsys)
+    assert error.startswith("error: ")
+    assert "typical_p" in error
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{bad", "argument --generation-kwargs: not valid JSON (Expecting property name"),
+        ("[1, 2]", "argument --generation-kwargs: expected a JSON object"),
+    ],
+)
+def test_bad_json_in_a_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str], value: str, message: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["hi", "--url", "http://127.0.0.1:1", "--generation-kwargs", value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: hf-api-generate")
+    assert f"hf-api-generate: error: {message}" in err
+
+
+def test_missing_batch_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.jsonl"
+    assert main(["--batch", str(missing), "--output", str(tmp_path / "out.jsonl"), "--url", "http://127.0.0.1:1"]) == 1
+    assert stderr_lines(capsys) == [f"error: cannot read --batch {missing}: No such file or directory"]
+
+
+def test_batch_file_that_is_not_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    binary = tmp_path / "prompts.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00\x01")
+    assert main(["--batch", str(binary), "--output", str(tmp_path / "out.jsonl"), "--url", "http://127.0.0.1:1"]) == 1
+    (error,) = stderr_lines(capsys)
+    assert error.startswith(f"error: cannot read --batch {binary}: 'utf-8' codec can't decode")
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ('{"prompt": "a"}\n{bad\n', ":2: not JSON (Expecting property name enclosed in double quotes"),
+        ('{"prompt": "a"}\n\n[1]\n', ':3: expected {"prompt": "..."} or a JSON string'),
+        ('{"prompt": "a", "generation_kwargs": [1]}\n', ":1: generation_kwargs must be a JSON object, got [1]"),
+        ('{"id": 1, "prompt": "a"}\n{"id": "1", "prompt": "b"}\n', ":2: duplicate id '1'"),
+    ],
+)
+def test_bad_batch_line_names_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: str, message: str
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(lines)
+    assert main(["--batch", str(prompts), "--output", str(tmp_path / "out.jsonl"), "--url", "http://127.0.0.1:1"]) == 1
+    error = stderr_lines(capsys)[0]
+    assert error.startswith(f"error: {prompts}{message}")
+
+
+def test_output_in_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts, 2)
+    output = tmp_path / "no" / "such" / "out.jsonl"
+    assert main(["--batch", str(prompts), "--output", str(output), "--url", "http://127.0.0.1:1"]) == 1
+    assert stderr_lines(capsys) == [f"error: cannot write --output {output}: No such file or directory"]
+
+
+def test_batch_against_a_server_that_is_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(prompts, 3)
+    assert main(["--batch", str(prompts), "--output", str(output), "--url", closed_port_url(), "--no-progress"]) == 1
+    summary, error, hint = stderr_lines(capsys)
+    assert summary.startswith("0/3 answered, 3 failed (rerun the command to retry them;")
+    assert error.startswith("first error: ")
+    assert "connect" in error
+    assert hint.startswith("hint: check that the server is running")
+    assert all(record["error"]["type"] == "APIConnectionError" for record in read_output(output))
+
+
+def test_missing_pipeline_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "pipeline.yaml"
+    assert main(["hi", "--pipeline", str(missing)]) == 1
+    assert stderr_lines(capsys) == [f"error: cannot read --pipeline {missing}: No such file or directory"]
+
+
+def test_pipeline_file_that_is_not_a_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "pipeline.yaml"
+    broken.write_text("components: [unclosed\n")
+    assert main(["hi", "--pipeline", str(broken)]) == 1
+    error, hint = stderr_lines(capsys)
+    assert error.startswith(f"error: --pipeline {broken} is not a pipeline Haystack can load: ")
+    assert hint.startswith("hint: check the file is a pipeline saved by Haystack")
+
+
+def test_failure_inside_a_pipeline_reports_the_generators_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        "components:\n  llm:\n    type: haystack_integrations.generators.hugging_face_api.HuggingFaceAPIGenerator\n"
+        f"    init_parameters:\n      api_type: text_generation_inference\n      api_params:\n"
+        f"        url: {closed_port_url()}\nconnections: []\n"
+    )
+    assert main(["hi", "--pipeline", str(pipeline)]) == 1
+    error, hint = stderr_lines(capsys)
+    assert error.startswith("error: ")
+    assert "Component name" not in error  # Haystack's wrapper is peeled off
+    assert "connect" in error
+    assert hint.startswith("hint: check that the server is running")
+
+
+def test_interrupted(tgi: FakeTGI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run_one", interrupt)
+    assert main(["hi", "--url", tgi.url]) == 130
+    assert stderr_lines(capsys) == ["interrupted"]
+
+
+def test_the_generators_warnings_are_hidden_unless_verbose() -> None:
+    """The CLI restores the package's logger as it found it."""
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    handlers, propagate = list(logger.handlers), logger.propagate
+    main(["hi", "--url", "ftp://example"])
+    assert logger.handlers == handlers
+    assert logger.propagate == propagate
+
+
+# --- an Inference Endpoint scaling up, on the batch progress bar -----------------------------------
+
+
+def test_scale_up_records_show_on_the_progress_bar() -> None:
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    child = logging.getLogger(PACKAGE_LOGGER + "._retry")  # records of the package's modules propagate up
+    with tqdm(total=3, file=io.StringIO(), unit="prompt") as progress:
+        with scale_up_progress(progress) as handler:
+            assert handler in logger.handlers
+            logger.warning("scaling up", extra={"hf_scale_up": "waiting", "hf_scale_up_seconds": 300})
+            assert progress.postfix == "endpoint scaling up, waiting up to 300 s"
+            assert "endpoint scaling up, waiting up to 300 s" in str(progress)
+            child.warning("an unrelated warning")
+            assert progress.postfix == "endpoint scaling up, waiting up to 300 s"
+            child.warning("ready", extra={"hf_scale_up": "ready", "hf_scale_up_seconds": 42.5})
+            assert not progress.postfix
+            assert "scaling up" not in str(progress)
+            logger.warning("scaling up", extra={"hf_scale_up": "waiting", "hf_scale_up_seconds": 120})
+            assert progress.postfix == "endpoint scaling up, waiting up to 120 s"
+            logger.warning("gave up", extra={"hf_scale_up": "gave_up", "hf_scale_up_seconds": 120})
+            assert not progress.postfix
+        assert handler not in logger.handlers  # detached after the batch
+
+
+def test_the_batch_attaches_the_scale_up_display_while_it_runs(
+    tgi: FakeTGI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    postfixes: list[str] = []
+    original = cli._run_batch_async
+
+    async def run_batch(*args: Any) -> Any:
+        logger.warning("scaling up", extra={"hf_scale_up": "waiting", "hf_scale_up_seconds": 300})
+        postfixes.extend(h.progress.postfix for h in logger.handlers if isinstance(h, ScaleUpProgress))
+        outcome = await original(*args)
+        logger.warning("ready", extra={"hf_scale_up": "ready", "hf_scale_up_seconds": 1})
+        postfixes.extend(h.progress.postfix or "" for h in logger.handlers if isinstance(h, ScaleUpProgress))
+        return outcome
+
+    monkeypatch.setattr(cli, "_run_batch_async", run_batch)
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(prompts, 1)
+    assert main(["--batch", str(prompts), "--output", str(output), "--url", tgi.url, "--concurrency", "1"]) == 0
+    assert postfixes == ["endpoint scaling up, waiting up to 300 s", ""]
+    assert not any(isinstance(h, ScaleUpProgress) for h in logger.handlers)

@@ -1,7 +1,9 @@
 """The Hayhooks example (examples/hayhooks) served for real: Hayhooks in a subprocess, the local model behind it.
 
-Hayhooks runs `hayhooks run` on a free port with a copy of the example's pipelines folder (so nothing is written into
-the repository) and `HF_API_GENERATOR_URL` pointing at the shared local model server.
+Hayhooks runs `examples/hayhooks/serve.py` (`hayhooks run` plus OpenAI-shaped error bodies) on a free port with a copy
+of the example's pipelines folder (so nothing is written into the repository) and `HF_API_GENERATOR_URL` pointing at
+the shared local model server. Its `/run` route is called with httpx, its OpenAI-compatible route with the `openai`
+client, plain and streamed; one more test runs plain `hayhooks run` to show what changes there (the error body).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -28,18 +32,22 @@ pytestmark = pytest.mark.e2e
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hayhooks"
 PIPELINE = "hf_generate"
-PROMPT = "The capital of France is"
+PROMPT = "What is the capital of France?"
+QUESTION = "What's Natural Language Processing?"
 HAYHOOKS = str(BIN / "hayhooks")
+SERVE = [sys.executable, str(EXAMPLE / "serve.py")]
 
 
 class Hayhooks:
-    """`hayhooks run` in its own process group, with its output in a log file."""
+    """Hayhooks (`serve.py`, or `hayhooks run` itself) in its own process group, with its output in a log file."""
 
-    def __init__(self, pipelines_dir: Path, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, pipelines_dir: Path, log_path: Path, env: dict[str, str], launcher: list[str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        command = [HAYHOOKS, "run", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [*(launcher or SERVE), "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--pipelines-dir", str(pipelines_dir)]
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
@@ -84,12 +92,15 @@ class Hayhooks:
         return self.process.returncode
 
 
-@pytest.fixture(scope="module")
-def hayhooks(model_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hayhooks]:
-    root = tmp_path_factory.mktemp("hayhooks")
+def start_hayhooks(model_url: str, root: Path, launcher: list[str] | None = None) -> Hayhooks:
     pipelines = root / "pipelines"
     shutil.copytree(EXAMPLE / "pipelines", pipelines, ignore=shutil.ignore_patterns("__pycache__"))
-    server = Hayhooks(pipelines, root / "hayhooks.log", subprocess_env(HF_API_GENERATOR_URL=model_url))
+    return Hayhooks(pipelines, root / "hayhooks.log", subprocess_env(HF_API_GENERATOR_URL=model_url), launcher)
+
+
+@pytest.fixture(scope="module")
+def hayhooks(model_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hayhooks]:
+    server = start_hayhooks(model_url, tmp_path_factory.mktemp("hayhooks"))
     try:
         server.wait_ready()
         yield server
@@ -106,7 +117,8 @@ def client(hayhooks: Hayhooks) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def direct(model_url: str) -> Iterator[HuggingFaceAPIGenerator]:
     """The same component called in-process, to compare with what Hayhooks answers."""
-    with HuggingFaceAPIGenerator(api_type="text_generation_inference", api_params={"url": model_url}) as component:
+    api_params = {"url": model_url, "protocol": "chat"}  # as in hf_generate.yml
+    with HuggingFaceAPIGenerator(api_type="text_generation_inference", api_params=api_params) as component:
         yield component
 
 
@@ -135,7 +147,7 @@ async def test_first_requests_arrive_together(hayhooks: Hayhooks) -> None:
     assert [response.status_code for response in responses] == [200, 200, 200], [r.text for r in responses]
     results = [response.json()["result"] for response in responses]
     assert [result["meta"][0]["usage"]["completion_tokens"] for result in results] == [2, 7, 4]
-    assert all(result["meta"][0]["protocol"] == "completions" for result in results)
+    assert all(result["meta"][0]["protocol"] == "chat" for result in results)
     two, seven, four = (result["replies"][0] for result in results)
     assert two
     assert four.startswith(two)
@@ -144,20 +156,26 @@ async def test_first_requests_arrive_together(hayhooks: Hayhooks) -> None:
 
 def test_run_with_query_time_generation_kwargs(client: httpx.Client, direct: HuggingFaceAPIGenerator) -> None:
     short = run(client, {"prompt": PROMPT, "generation_kwargs": {"max_new_tokens": 3}})
-    longer = run(client, {"prompt": PROMPT, "generation_kwargs": {"max_new_tokens": 12}})
-    for result, tokens in ((short, 3), (longer, 12)):
+    longer = run(client, {"prompt": PROMPT, "generation_kwargs": {"max_new_tokens": 7}})
+    for result, tokens in ((short, 3), (longer, 7)):
         assert set(result) == {"replies", "meta"}
         assert result["replies"][0].strip()
         meta = result["meta"][0]
         assert meta["model"] == MODEL_NAME
-        assert meta["protocol"] == "completions"
+        assert meta["protocol"] == "chat"  # hf_generate.yml: the server applies the model's chat template
         assert meta["finish_reason"] == "length"
         assert meta["usage"]["completion_tokens"] == tokens  # max_new_tokens from the request body took effect
     assert "Paris" in longer["replies"][0]
     assert longer["replies"][0].startswith(short["replies"][0])
     assert len(short["replies"][0]) < len(longer["replies"][0])
     # Greedy decoding: Hayhooks answers exactly what the component gives in-process, so the model really ran.
-    assert longer["replies"] == direct.run(PROMPT, generation_kwargs={"max_new_tokens": 12})["replies"]
+    assert longer["replies"] == direct.run(PROMPT, generation_kwargs={"max_new_tokens": 7})["replies"]
+
+
+def test_run_without_generation_kwargs_uses_the_yaml_ones(client: httpx.Client) -> None:
+    result = run(client, {"prompt": PROMPT})
+    assert "Paris" in result["replies"][0]
+    assert result["meta"][0]["finish_reason"] == "stop"  # the model ended its answer well within max_new_tokens: 128
 
 
 def test_stop_words_in_the_request(client: httpx.Client) -> None:
@@ -180,10 +198,11 @@ def test_request_schema(client: httpx.Client) -> None:
     assert missing.status_code == 422
 
 
-def test_a_parameter_the_server_cannot_honour_is_an_error(client: httpx.Client) -> None:
+def test_a_parameter_the_server_cannot_honour_is_a_client_error(client: httpx.Client) -> None:
     response = client.post(f"/{PIPELINE}/run", json={"prompt": PROMPT, "generation_kwargs": {"typical_p": 0.5}})
-    assert response.status_code == 500
-    assert "typical_p" in response.json()["detail"]
+    assert response.status_code == 400
+    assert "typical_p" in response.json()["detail"]  # the generator's message, in Hayhooks' {"detail": ...}
+    assert "Traceback" not in response.text
 
 
 def test_the_yaml_alone_deploys_with_deploy_yaml(
@@ -205,6 +224,183 @@ def test_the_yaml_alone_deploys_with_deploy_yaml(
     assert result["llm"]["meta"][0]["usage"]["completion_tokens"] == 4
     wrapped = run(client, {"prompt": PROMPT, "generation_kwargs": {"max_new_tokens": 4}})
     assert result["llm"]["replies"] == wrapped["replies"]
+
+
+# --- the OpenAI-compatible route, with the openai client ------------------------------------------------
+
+
+def openai_client(url: str) -> openai.OpenAI:
+    # No retries (a failure must show at once); no proxy for loopback traffic.
+    http = openai.DefaultHttpxClient(trust_env=False)
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120, http_client=http)
+
+
+@pytest.fixture(scope="module")
+def oai(hayhooks: Hayhooks) -> Iterator[openai.OpenAI]:
+    with openai_client(hayhooks.url) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def plain_answer(oai: openai.OpenAI) -> str:
+    """The reply to QUESTION with 16 new tokens: the reference of the OpenAI tests."""
+    completion = oai.chat.completions.create(
+        model=PIPELINE, messages=[{"role": "user", "content": QUESTION}], max_tokens=16
+    )
+    content = completion.choices[0].message.content
+    assert content is not None
+    return content
+
+
+def user(content: str) -> list[Any]:
+    return [{"role": "user", "content": content}]
+
+
+def test_models_lists_the_pipeline(oai: openai.OpenAI) -> None:
+    assert PIPELINE in [model.id for model in oai.models.list()]
+
+
+def test_chat_completion_with_max_tokens(
+    oai: openai.OpenAI, plain_answer: str, direct: HuggingFaceAPIGenerator
+) -> None:
+    completion = oai.chat.completions.create(model=PIPELINE, messages=user(QUESTION), max_tokens=16)
+    choice = completion.choices[0]
+    assert completion.object == "chat.completion"
+    assert completion.model == PIPELINE
+    assert choice.message.role == "assistant"
+    assert choice.message.content == plain_answer
+    assert choice.finish_reason == "length"  # max_tokens took effect...
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 16  # ...exactly
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + 16
+    assert "Natural Language Processing" in plain_answer
+    # The message became the generator's prompt, max_tokens its max_new_tokens: the component in-process agrees.
+    assert [plain_answer] == direct.run(QUESTION, generation_kwargs={"max_new_tokens": 16})["replies"]
+
+
+def test_streamed_chat_completion(oai: openai.OpenAI, plain_answer: str) -> None:
+    stream = oai.chat.completions.create(
+        model=PIPELINE,
+        messages=user(QUESTION),
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    deltas = [chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices]
+    finish_reasons = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices]
+    assert "".join(deltas) == plain_answer  # streaming changes the transport, not the text
+    assert len([delta for delta in deltas if delta]) >= 8  # token by token, not one piece
+    assert [reason for reason in finish_reasons if reason] == ["length"]  # one finish_reason, on the last chunk
+    assert finish_reasons[-1] == "length"
+    assert all(chunk.object == "chat.completion.chunk" and chunk.model == PIPELINE for chunk in chunks)
+    assert len({chunk.id for chunk in chunks}) == 1
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert not chunks[-1].choices
+    assert usage.completion_tokens == 16
+
+
+def test_stop_as_a_string_and_as_a_list(oai: openai.OpenAI, plain_answer: str) -> None:
+    word = plain_answer.split()[3]
+    expected = plain_answer[: plain_answer.index(word)]
+    plain = oai.chat.completions.create(model=PIPELINE, messages=user(QUESTION), max_tokens=16, stop=word)
+    assert plain.choices[0].message.content == expected
+    assert plain.choices[0].finish_reason == "stop"
+    stream = oai.chat.completions.create(
+        model=PIPELINE, messages=user(QUESTION), max_tokens=16, stop=[word, "never seen"], stream=True
+    )
+    chunks = [chunk for chunk in stream if chunk.choices]
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_the_last_user_message_is_the_prompt(oai: openai.OpenAI) -> None:
+    alone = oai.chat.completions.create(model=PIPELINE, messages=user(PROMPT), max_tokens=7, seed=1)
+    conversation: list[Any] = [
+        {"role": "system", "content": "You only speak German."},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi! How can I help?"},
+        {"role": "user", "content": [{"type": "text", "text": PROMPT}]},  # content parts work too
+    ]
+    within = oai.chat.completions.create(model=PIPELINE, messages=conversation, max_tokens=7, seed=1)
+    assert "Paris" in (alone.choices[0].message.content or "")
+    assert within.choices[0].message.content == alone.choices[0].message.content
+
+
+REFUSED = [
+    pytest.param({"n": 2}, "n", "unsupported_value", id="n"),
+    pytest.param({"logprobs": True}, "logprobs", "unsupported_value", id="logprobs"),
+    pytest.param({"extra_body": {"typical_p": 0.5}}, "typical_p", "unsupported_parameter", id="unknown-field"),
+    # These two pass the wrapper and are refused by the generator itself, before any request to the model server.
+    pytest.param({"max_tokens": 0}, "max_tokens", "invalid_value", id="max_tokens=0"),
+    pytest.param({"temperature": "hot"}, "temperature", "invalid_value", id="temperature-not-a-number"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize(("kwargs", "param", "code"), REFUSED)
+def test_a_parameter_the_generator_cannot_honour_is_an_openai_error(
+    oai: openai.OpenAI, kwargs: dict[str, Any], param: str, code: str, stream: bool
+) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        oai.chat.completions.create(model=PIPELINE, messages=user(PROMPT), stream=stream, **kwargs)
+    error = raised.value
+    assert error.status_code == 400
+    assert error.param == param
+    assert error.code == code
+    assert error.type == "invalid_request_error"
+    assert isinstance(error.body, dict)
+    assert error.body["message"]
+
+
+def test_the_error_body_has_openais_shape(client: httpx.Client) -> None:
+    body = {"model": PIPELINE, "messages": user(PROMPT), "logprobs": True}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "error": {
+            "message": "logprobs=True is not supported by this pipeline (one prompt in, one text out)",
+            "type": "invalid_request_error",
+            "param": "logprobs",
+            "code": "unsupported_value",
+        }
+    }
+    no_user = client.post(
+        "/v1/chat/completions", json={"model": PIPELINE, "messages": [{"role": "system", "content": "x"}]}
+    )
+    assert no_user.status_code == 400
+    assert no_user.json()["error"]["param"] == "messages"
+
+
+def test_plain_hayhooks_run_serves_the_route_and_wraps_the_error(tmp_path: Path) -> None:
+    """
+    With `hayhooks run` itself, the OpenAI route works the same, but errors come as {"detail": {"error": ...}}.
+
+    Its model server is down (a port nothing listens on): the failure is a 502 naming it, streamed or not.
+    """
+    dead = f"http://127.0.0.1:{free_port()}"
+    server = start_hayhooks(dead, tmp_path, launcher=[HAYHOOKS, "run"])
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60, trust_env=False) as http:
+            refused = http.post(
+                "/v1/chat/completions", json={"model": PIPELINE, "messages": user(PROMPT), "logprobs": True}
+            )
+            assert refused.status_code == 400
+            assert refused.json()["detail"]["error"]["param"] == "logprobs"
+            for stream in (False, True):
+                down = http.post(
+                    "/v1/chat/completions", json={"model": PIPELINE, "messages": user(PROMPT), "stream": stream}
+                )
+                assert down.status_code == 502, down.text
+                error = down.json()["detail"]["error"]
+                assert error["code"] == "model_server_unreachable"
+                assert "unreachable" in error["message"]
+                assert "Traceback" not in down.text
+    finally:
+        server.stop()
 
 
 def test_stops_cleanly(hayhooks: Hayhooks) -> None:

@@ -62,7 +62,7 @@ class _LoopState:
     __slots__ = ("_closer", "route_lock", "sessions")
 
     def __init__(self) -> None:
-        self.sessions: dict[str, tuple[aiohttp.ClientSession, Proxy | None]] = {}
+        self.sessions: dict[str, tuple[aiohttp.ClientSession, Proxy | None, aiohttp.BasicAuth | None]] = {}
         self.route_lock = asyncio.Lock()
         # It refers to the loop (through the loop's finalizer hook): dropped once it has run.
         self._closer: AsyncGenerator[None, None] | None = _close_at_loop_shutdown(self)
@@ -75,7 +75,7 @@ class _LoopState:
 
     async def close_sessions(self) -> None:
         sessions, self.sessions = list(self.sessions.values()), {}
-        for session, _ in sessions:
+        for session, _, _ in sessions:
             await session.close()  # on a closed loop this only marks it closed, without waiting for anything
         self._closer = None
 
@@ -175,7 +175,7 @@ class AsyncClient:
                     state = self._loops[loop] = _LoopState()
         return state
 
-    def _session(self, base: str) -> tuple[aiohttp.ClientSession, Proxy | None]:
+    def _session(self, base: str) -> tuple[aiohttp.ClientSession, Proxy | None, aiohttp.BasicAuth | None]:
         """This loop's session for the server at `base`, and the proxy the environment names for it."""
         state = self._state()
         entry = state.sessions.get(base)
@@ -190,7 +190,8 @@ class AsyncClient:
                 trust_env=False,
                 skip_auto_headers=("Accept-Encoding",),  # as the sync client: no compressed streams
             )
-            entry = state.sessions[base] = (session, proxy)
+            auth = aiohttp.BasicAuth(proxy.user, proxy.password) if proxy and proxy.user is not None else None
+            entry = state.sessions[base] = (session, proxy, auth)
         return entry
 
     def _timeout(self, connect: float, read: float) -> aiohttp.ClientTimeout:
@@ -207,7 +208,7 @@ class AsyncClient:
         goes to `stream`, its chunks to `callback`, whose own exceptions propagate untouched. Cancelling
         the task closes the connection at once, which stops a server that is still generating.
         """
-        session, proxy = self._session(request.base)
+        session, proxy, proxy_auth = self._session(request.base)
         try:
             response = await session.request(
                 request.method,
@@ -216,7 +217,7 @@ class AsyncClient:
                 headers=request.headers,
                 allow_redirects=False,
                 proxy=proxy.url if proxy is not None else None,
-                proxy_headers=proxy.headers if proxy is not None else None,
+                proxy_auth=proxy_auth,
                 timeout=self._timeout(request.connect_timeout, request.first_byte_timeout),
             )
         except _LIBRARY_ERRORS as error:

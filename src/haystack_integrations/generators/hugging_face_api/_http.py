@@ -158,10 +158,19 @@ def is_loopback(url: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Proxy:
-    """A proxy from the environment: its URL without credentials, and the header that carries them."""
+    """A proxy from the environment: its URL without credentials, and the credentials."""
 
     url: str
-    headers: Mapping[str, str]
+    user: str | None = None
+    password: str = ""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The `Proxy-Authorization` header for the proxy's credentials, if it has any."""
+        if self.user is None:
+            return {}
+        credentials = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        return {"Proxy-Authorization": f"Basic {credentials}"}
 
 
 def proxy_for(url: str) -> Proxy | None:
@@ -181,15 +190,12 @@ def proxy_for(url: str) -> Proxy | None:
     if "://" not in proxy:
         proxy = "http://" + proxy
     proxy_parts = urlsplit(proxy)
-    headers: dict[str, str] = {}
-    if proxy_parts.username is not None:
-        credentials = f"{unquote(proxy_parts.username)}:{unquote(proxy_parts.password or '')}"
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
     host = proxy_parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
     if proxy_parts.port is not None:
         netloc += f":{proxy_parts.port}"
-    return Proxy(f"{proxy_parts.scheme}://{netloc}", headers)
+    user = None if proxy_parts.username is None else unquote(proxy_parts.username)
+    return Proxy(f"{proxy_parts.scheme}://{netloc}", user, unquote(proxy_parts.password or ""))
 
 
 # --- TLS -------------------------------------------------------------------------------------------

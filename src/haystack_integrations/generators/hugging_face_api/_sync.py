@@ -136,7 +136,7 @@ class SyncClient:
                 options["cert_reqs"] = "CERT_NONE"
         if proxy is None:
             return urllib3.PoolManager(**options)
-        return urllib3.ProxyManager(proxy.url, proxy_headers=dict(proxy.headers), **options)
+        return urllib3.ProxyManager(proxy.url, proxy_headers=proxy.headers, **options)
 
     def _timeout(self, connect: float, read: float) -> urllib3.Timeout:
         timeout = self._timeouts.get((connect, read))
