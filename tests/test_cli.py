@@ -323,6 +323,20 @@ def test_interrupted(tgi: FakeTGI, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert stderr_lines(capsys) == ["interrupted"]
 
 
+def test_scale_up_lines_are_notes_for_a_single_prompt(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run_one(*args: object) -> int:
+        logger = logging.getLogger(PACKAGE_LOGGER + "._retry")
+        logger.warning("Attempt 1 failed; retrying in 1 s")  # hidden without --verbose
+        logger.warning("The endpoint is scaling up", extra={"hf_scale_up": "waiting", "hf_scale_up_seconds": 300})
+        return 0
+
+    monkeypatch.setattr(cli, "_run_one", run_one)
+    assert main(["hi", "--url", "http://127.0.0.1:1"]) == 0
+    assert stderr_lines(capsys) == ["note: The endpoint is scaling up"]
+
+
 def test_the_generators_warnings_are_hidden_unless_verbose() -> None:
     """The CLI restores the package's logger as it found it."""
     logger = logging.getLogger(PACKAGE_LOGGER)

@@ -48,7 +48,10 @@ class Playground:
     """The documented command, in its own process group, its output in a log file."""
 
     def __init__(self, log_path: Path) -> None:
-        self.port, self.model_port = free_port(), free_port()
+        self.port = free_port()
+        self.model_port = free_port()
+        while self.model_port == self.port:
+            self.model_port = free_port()
         self.log_path = log_path
         self._log = log_path.open("wb")
         command = [sys.executable, str(PLAYGROUND), "--port", str(self.port), "--model-port", str(self.model_port)]
