@@ -476,10 +476,19 @@ def _report(error: BaseException, *, verbose: bool, prefix: str = "error: ") -> 
         print(f"hint: {hint}", file=sys.stderr)
 
 
+class _ScaleUpNotes(logging.Handler):
+    """Prints an Inference Endpoint's scale-up lines (`hf_scale_up` records) to stderr: a long wait is explained."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "hf_scale_up", None) is not None:
+            print(f"note: {_one_line(record.getMessage())}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
-def _package_logs(verbose: bool) -> Iterator[None]:
+def _package_logs(verbose: bool, notes: bool) -> Iterator[None]:
     """
-    Without --verbose, the generator's own log records (one warning per retry ...) are not printed.
+    Without --verbose, the generator's own log records (one warning per retry ...) are not printed, except the
+    scale-up lines when `notes` is true (a batch with a progress bar shows those on the bar instead).
 
     They are still created, so handlers on the package's logger (the batch's scale-up display) receive them.
     """
@@ -487,22 +496,23 @@ def _package_logs(verbose: bool) -> Iterator[None]:
         yield
         return
     logger = logging.getLogger(_LOGGER)
-    swallow = logging.NullHandler()  # so that Python's last-resort handler does not print them either
+    # A handler, so that Python's last-resort handler does not print the records either.
+    handler: logging.Handler = _ScaleUpNotes() if notes else logging.NullHandler()
     propagate = logger.propagate
-    logger.addHandler(swallow)
+    logger.addHandler(handler)
     logger.propagate = False
     try:
         yield
     finally:
         logger.propagate = propagate
-        logger.removeHandler(swallow)
+        logger.removeHandler(handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `hf-api-generate`; returns the exit code (argparse exits with 2 on usage errors)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    with _package_logs(args.verbose):
+    with _package_logs(args.verbose, notes=not args.batch or args.no_progress):
         return _main(args, parser)
 
 
