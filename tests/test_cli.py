@@ -202,7 +202,7 @@ def test_a_bad_parameter_is_one_line_naming_it(capsys: pytest.CaptureFixture[str
     assert main(["hi", "--url", "ftp://example"]) == 1
     (error,) = stderr_lines(capsys)
     assert error.startswith("error: ")
-    assert "api_params['url']" in error
+    assert "--url must be an http(s) URL" in error  # the flag the user typed
 
 
 def test_a_parameter_the_protocol_cannot_honour(openai_server: FakeOpenAI, capsys: pytest.CaptureFixture[str]) -> None:
@@ -391,3 +391,27 @@ def test_the_batch_attaches_the_scale_up_display_while_it_runs(
     assert main(["--batch", str(prompts), "--output", str(output), "--url", tgi.url, "--concurrency", "1"]) == 0
     assert postfixes == ["endpoint scaling up, waiting up to 300 s", ""]
     assert not any(isinstance(h, ScaleUpProgress) for h in logger.handlers)
+
+
+def test_a_url_with_credentials_is_refused_before_any_request(capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeTGI() as server:
+        url = server.url.replace("http://", "http://user:PASSWORD@")
+        assert main(["hi", "--url", url]) == 1
+        assert server.requests == []
+    err = capsys.readouterr().err
+    assert err.startswith("error: --url must not contain a user name or password")
+    assert "--token-env" in err and "PASSWORD" not in err
+    assert len(err.strip().splitlines()) <= 2
+
+
+def test_token_env_sends_that_token_to_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_TGI_KEY", "tgi-key-123456")
+    with FakeTGI(api_key="tgi-key-123456") as server:
+        assert main(["hi", "--url", server.url, "--token-env", "MY_TGI_KEY", "--no-stream"]) == 0
+        assert {r.headers.get("authorization") for r in server.requests} == {"Bearer tgi-key-123456"}
+
+
+def test_token_env_naming_an_unset_variable_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hi", "--url", "http://127.0.0.1:9", "--token-env", "NOT_SET_ANYWHERE_42"]) == 1
+    err = capsys.readouterr().err
+    assert "NOT_SET_ANYWHERE_42" in err and "Traceback" not in err

@@ -198,9 +198,16 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
     )
 
 
-def check_server_url(url: str, name: str = "api_params['url']") -> None:
+_HOW_TO_PASS_A_TOKEN = (
+    "token=Secret.from_env_var('YOUR_VAR'), whose value is sent as 'Bearer <value>', or as it is when it has its "
+    "own scheme (for Basic auth: 'Basic <base64 of user:password>')"
+)
+
+
+def check_server_url(url: str, name: str = "api_params['url']", token_advice: str = _HOW_TO_PASS_A_TOKEN) -> None:
     """
-    A server URL is an http(s) base address without credentials, query or fragment.
+    A server URL is an http(s) base address without credentials, query or fragment. `name` and
+    `token_advice` say how the caller knows the URL and passes a token (the CLI has its own flags).
 
     Credentials in a URL would be written to pipeline YAML by `to_dict()` and printed in every error and log
     line that names the URL; a query or fragment cannot take the route paths appended to it.
@@ -211,9 +218,7 @@ def check_server_url(url: str, name: str = "api_params['url']") -> None:
     if parts.username is not None or parts.password is not None:
         raise ValueError(
             f"{name} must not contain a user name or password: the URL is saved in plain text in pipeline YAML "
-            "and shown in error messages. Put the credential in a Secret instead: "
-            "token=Secret.from_env_var('YOUR_VAR'), whose value is sent as 'Bearer <value>', or as it is when it "
-            "has its own scheme (for Basic auth: 'Basic <base64 of user:password>')"
+            f"and shown in error messages. Pass the credential as a token instead: {token_advice}"
         )
     if parts.query or parts.fragment:
         raise ValueError(

@@ -28,8 +28,9 @@ from typing import Any, TextIO
 
 from haystack.core.errors import PipelineRuntimeError
 from haystack.dataclasses import StreamingChunk
+from haystack.utils import Secret
 
-from ._config import HFGenerationAPIType
+from ._config import HFGenerationAPIType, check_server_url
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -98,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         "--protocol", choices=["auto", "tgi", "completions", "chat"], help="wire protocol (default: auto)"
     )
     target.add_argument("--timeout", type=float, help="connect and read timeout in seconds")
+    target.add_argument(
+        "--token-env",
+        metavar="VAR",
+        help="send the token held by this environment variable to --url (e.g. TGI's --api-key); by default "
+        "HF_TOKEN / HF_API_TOKEN, sent to Hugging Face hosts only",
+    )
     target.add_argument("--pipeline", type=Path, help="run this saved pipeline (YAML) instead of a single generator")
     target.add_argument("--component", help="with --pipeline: the generator's name (default: the only one)")
     generation = parser.add_argument_group("generation")
@@ -134,10 +141,18 @@ def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+#: The generator's own default: HF_TOKEN / HF_API_TOKEN, for Hugging Face hosts only.
+_DEFAULT_TOKEN = Secret.from_env_var(["HF_API_TOKEN", "HF_TOKEN"], strict=False)
+
+
 def _generator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> HuggingFaceAPIGenerator:
     if not args.url and not args.model:
         parser.error("give --url (a server) or --model (Inference Providers), or --pipeline")
+    if args.url:
+        advice = "export it as MY_TOKEN and pass --token-env MY_TOKEN (a 'Basic <base64>' value is sent as it is)"
+        check_server_url(args.url, "--url", advice)
     api_type = args.api_type or ("text_generation_inference" if args.url else "serverless_inference_api")
+    token = Secret.from_env_var(args.token_env) if args.token_env else _DEFAULT_TOKEN
     api_params: dict[str, Any] = {
         key: value
         for key, value in {
@@ -149,7 +164,7 @@ def _generator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Hug
         }.items()
         if value is not None
     }
-    return HuggingFaceAPIGenerator(api_type=api_type, api_params=api_params, stop_words=args.stop)
+    return HuggingFaceAPIGenerator(api_type=api_type, api_params=api_params, token=token, stop_words=args.stop)
 
 
 class _Printer:
