@@ -198,13 +198,13 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
     )
 
 
-_HOW_TO_PASS_CREDENTIALS = (  # noqa: S105 (advice, not a secret)
+_AUTH_ADVICE = (
     "token=Secret.from_env_var('YOUR_VAR'), whose value is sent as 'Bearer <value>', or as it is when it has its "
     "own scheme (for Basic auth: 'Basic <base64 of user:password>')"
 )
 
 
-def check_server_url(url: str, name: str = "api_params['url']", token_advice: str = _HOW_TO_PASS_CREDENTIALS) -> None:
+def check_server_url(url: str, name: str = "api_params['url']", token_advice: str = _AUTH_ADVICE) -> None:
     """
     A server URL is an http(s) base address without credentials, query or fragment. `name` and
     `token_advice` say how the caller knows the URL and passes a token (the CLI has its own flags).
