@@ -415,3 +415,22 @@ def test_token_env_naming_an_unset_variable_is_one_line(capsys: pytest.CaptureFi
     assert main(["hi", "--url", "http://127.0.0.1:9", "--token-env", "NOT_SET_ANYWHERE_42"]) == 1
     err = capsys.readouterr().err
     assert "NOT_SET_ANYWHERE_42" in err and "Traceback" not in err
+
+
+def test_a_batch_against_a_cold_endpoint_says_so_on_its_progress_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.fakes import EndpointProxy
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"p{i}"}) + "\n" for i in range(3)))
+    output = tmp_path / "replies.jsonl"
+    with FakeTGI() as server:
+        server.endpoint = EndpointProxy(cold_for=1.0, honour_scale_up_header=False)
+        argv = ["--batch", str(prompts), "--output", str(output), "--url", server.url]
+        assert main([*argv, "--api-type", "inference_endpoints", "--concurrency", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "endpoint scaling up, waiting up to 300 s" in err  # the bar said it while waiting
+    assert "3/3 answered" in err
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["reply"] for r in records] == ["Natural Language Processing is a field."] * 3
