@@ -15,6 +15,7 @@ import inspect
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -48,6 +49,27 @@ def _translate(error: BaseException, where: str) -> HuggingFaceAPIError:
     return APIConnectionError(f"{where} failed: the connection broke ({type(error).__name__}: {error})")
 
 
+@dataclass(frozen=True, slots=True)
+class _ProxyRoute:
+    """
+    How requests reach a server: directly, or through `proxy`. The proxy's credentials go on the CONNECT
+    request of a tunnel (https) or, when the proxy forwards plain http, on each request, which it receives.
+    """
+
+    proxy: str | None = None
+    tunnel_headers: dict[str, str] | None = None
+    forwarded_headers: dict[str, str] | None = None
+
+    @staticmethod
+    def to(base: str, proxy: Proxy | None) -> _ProxyRoute:
+        if proxy is None:
+            return _ProxyRoute()
+        credentials = proxy.headers or None
+        if base.startswith("https:"):
+            return _ProxyRoute(proxy.url, tunnel_headers=credentials)
+        return _ProxyRoute(proxy.url, forwarded_headers=credentials)
+
+
 class _LoopState:
     """
     What one event loop has of a generator: its sessions and its route lock.
@@ -62,7 +84,7 @@ class _LoopState:
     __slots__ = ("_closer", "route_lock", "sessions")
 
     def __init__(self) -> None:
-        self.sessions: dict[str, tuple[aiohttp.ClientSession, Proxy | None, aiohttp.BasicAuth | None]] = {}
+        self.sessions: dict[str, tuple[aiohttp.ClientSession, _ProxyRoute]] = {}
         self.route_lock = asyncio.Lock()
         # It refers to the loop (through the loop's finalizer hook): dropped once it has run.
         self._closer: AsyncGenerator[None, None] | None = _close_at_loop_shutdown(self)
@@ -75,7 +97,7 @@ class _LoopState:
 
     async def close_sessions(self) -> None:
         sessions, self.sessions = list(self.sessions.values()), {}
-        for session, _, _ in sessions:
+        for session, _ in sessions:
             await session.close()  # on a closed loop this only marks it closed, without waiting for anything
         self._closer = None
 
@@ -175,8 +197,8 @@ class AsyncClient:
                     state = self._loops[loop] = _LoopState()
         return state
 
-    def _session(self, base: str) -> tuple[aiohttp.ClientSession, Proxy | None, aiohttp.BasicAuth | None]:
-        """This loop's session for the server at `base`, and the proxy the environment names for it."""
+    def _session(self, base: str) -> tuple[aiohttp.ClientSession, _ProxyRoute]:
+        """This loop's session for the server at `base`, and how its requests reach it."""
         state = self._state()
         entry = state.sessions.get(base)
         if entry is None:
@@ -190,8 +212,7 @@ class AsyncClient:
                 trust_env=False,
                 skip_auto_headers=("Accept-Encoding",),  # as the sync client: no compressed streams
             )
-            auth = aiohttp.BasicAuth(proxy.user, proxy.password) if proxy and proxy.user is not None else None
-            entry = state.sessions[base] = (session, proxy, auth)
+            entry = state.sessions[base] = (session, _ProxyRoute.to(base, proxy))
         return entry
 
     def _timeout(self, connect: float, read: float) -> aiohttp.ClientTimeout:
@@ -208,16 +229,19 @@ class AsyncClient:
         goes to `stream`, its chunks to `callback`, whose own exceptions propagate untouched. Cancelling
         the task closes the connection at once, which stops a server that is still generating.
         """
-        session, proxy, proxy_auth = self._session(request.base)
+        session, route = self._session(request.base)
+        headers = request.headers if route.forwarded_headers is None else {**request.headers, **route.forwarded_headers}
         try:
             response = await session.request(
                 request.method,
                 request.url,
                 data=request.body,
-                headers=request.headers,
+                headers=request.headers
+                if route.forwarded_headers is None
+                else {**request.headers, **route.forwarded_headers},
                 allow_redirects=False,
-                proxy=proxy.url if proxy is not None else None,
-                proxy_auth=proxy_auth,
+                proxy=route.proxy,
+                proxy_headers=route.tunnel_headers,
                 timeout=self._timeout(request.connect_timeout, request.first_byte_timeout),
             )
         except _LIBRARY_ERRORS as error:
