@@ -236,9 +236,7 @@ class AsyncClient:
                 request.method,
                 request.url,
                 data=request.body,
-                headers=request.headers
-                if route.forwarded_headers is None
-                else {**request.headers, **route.forwarded_headers},
+                headers=headers,
                 allow_redirects=False,
                 proxy=route.proxy,
                 proxy_headers=route.tunnel_headers,
