@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import pytest
-from haystack.dataclasses import StreamingChunk
 
 from haystack_integrations.generators.hugging_face_api import (
     APIConnectionError,
@@ -26,30 +25,11 @@ from haystack_integrations.generators.hugging_face_api import (
 )
 from haystack_integrations.generators.hugging_face_api._http import MAX_RESPONSE_BYTES
 from tests.fakes import FakeOpenAI, FakeTGI, Fault, TGILimits
-
-TEXT = "Natural Language Processing is a field."
+from tests.helpers import TEXT, Chunks, posts
 
 
 def make(url: str, **api_params: Any) -> HuggingFaceAPIGenerator:
     return HuggingFaceAPIGenerator("text_generation_inference", {"url": url, **api_params})
-
-
-def posts(server: Any) -> int:
-    return sum(1 for r in server.requests if r.method == "POST")
-
-
-class Chunks:
-    """A streaming callback that keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.received: list[StreamingChunk] = []
-
-    def __call__(self, chunk: StreamingChunk) -> None:
-        self.received.append(chunk)
-
-    @property
-    def text(self) -> str:
-        return "".join(c.content for c in self.received)
 
 
 @pytest.mark.parametrize("stream", [False, True])
