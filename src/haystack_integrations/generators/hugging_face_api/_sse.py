@@ -23,6 +23,14 @@ class SSEDecoder:
 
     def feed(self, block: bytes) -> list[bytes]:
         """Adds bytes of the stream; returns the data of the events they complete, in order."""
+        if (  # what servers send most: one whole `data: ` event per block
+            not self._partial
+            and not self._data
+            and block.startswith(b"data: ")
+            and block.endswith(b"\n\n")
+            and block.find(b"\n") == len(block) - 2
+        ):
+            return [block[6:-2]]
         if self._partial:
             block = self._partial + block
         lines = block.split(b"\n")
