@@ -283,3 +283,13 @@ def test_stop_word_the_server_misses_ends_the_read_after_a_few_events() -> None:
     assert result["meta"][0]["finish_reason"] == "stop"
     # We hung up long before the server's final event: its numbers are unknown, and not made up.
     assert result["meta"][0]["usage"] == {}
+
+
+def test_init_generation_kwargs_changed_after_init_take_effect_and_are_checked(tgi: FakeTGI) -> None:
+    generator = make(tgi)
+    generator.run(PROMPT)
+    generator.generation_kwargs["max_new_tokens"] = 2  # the attribute is public: changes count
+    assert generator.run(PROMPT)["replies"] == ["Natural Language"]
+    generator.generation_kwargs["top_k"] = 0
+    with pytest.raises(ValueError, match=r"generation_kwargs\['top_k'\] must be an integer >= 1"):
+        generator.run(PROMPT)

@@ -131,6 +131,8 @@ class AsyncClient:
         self._lock = threading.Lock()  # guards `_loops` (loops may run in different threads)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
         self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+        # The loop used last (weakly) and its state: spares a weak-dictionary lookup per request.
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopState] | None = None
 
     # --- what the component asks -----------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         with self._lock:
             state = self._loops.pop(loop, None)
+            self._last = None
         self.forget_closed_loops()
         if state is not None:
             await state.close()
@@ -169,6 +172,8 @@ class AsyncClient:
         with self._lock:
             closed = [loop for loop in self._loops if loop.is_closed()]
             states = [self._loops.pop(loop) for loop in closed]
+            if self._last is not None and self._last[0]() in closed:
+                self._last = None
         for state in states:
             state.abandon()
 
@@ -188,6 +193,9 @@ class AsyncClient:
 
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0]() is loop:  # nearly always: one loop at a time
+            return last[1]
         state = self._loops.get(loop)
         if state is None:
             self.forget_closed_loops()
@@ -195,6 +203,7 @@ class AsyncClient:
                 state = self._loops.get(loop)
                 if state is None:
                     state = self._loops[loop] = _LoopState()
+        self._last = (weakref.ref(loop), state)
         return state
 
     def _session(self, base: str) -> tuple[aiohttp.ClientSession, _ProxyRoute]:
@@ -286,9 +295,12 @@ class AsyncClient:
     @staticmethod
     async def _read_whole(request: Request, response: aiohttp.ClientResponse) -> Answer | HuggingFaceAPIError:
         try:
-            body = BoundedBody(request, response.headers)
-            async for part in response.content.iter_chunked(_BLOCK):
-                body.add(part)
+            body = BoundedBody(request, response.headers)  # refuses a declared length over the limit
+            if response.content_length is not None:  # one read of what was declared: the common case
+                body.add(await response.content.read())
+            else:
+                async for part in response.content.iter_chunked(_BLOCK):
+                    body.add(part)
         except _LIBRARY_ERRORS as error:
             return _translate(error, request.where)
         except HuggingFaceAPIError as error:  # too large

@@ -99,7 +99,6 @@ class HuggingFaceAPIGenerator:
             raise TypeError("streaming_callback must be callable")
 
         self._settings = parse_api_params(api_type, api_params)
-        check_generation_kwargs(generation_kwargs, "generation_kwargs")
         self.api_type = api_type
         self.api_params = copy.deepcopy(api_params)
         if isinstance(self.api_params.get("timeout"), Timeout):  # keep api_params serializable
@@ -110,6 +109,10 @@ class HuggingFaceAPIGenerator:
         self.stop_words = check_stop_words(stop_words)
         self.streaming_callback = streaming_callback
 
+        self._checked_init_kwargs = (
+            copy.deepcopy(self.generation_kwargs),
+            check_generation_kwargs(self.generation_kwargs, "generation_kwargs"),
+        )
         # No I/O here: the server is contacted by warm_up() or the first run.
         self._core = ClientCore(self._settings, token)
         self._sync = SyncClient(self._core)
@@ -264,13 +267,18 @@ class HuggingFaceAPIGenerator:
     def _request(self, prompt: Any, runtime_kwargs: dict[str, Any] | None) -> GenerationRequest:
         """Validates one call's input and merges it with the init configuration (copies: nothing is mutated)."""
         prompt = check_prompt(prompt)
-        params = {
-            **check_generation_kwargs(self.generation_kwargs, "generation_kwargs"),
-            **check_generation_kwargs(runtime_kwargs, "generation_kwargs"),
-        }
+        params = {**self._init_kwargs(), **check_generation_kwargs(runtime_kwargs, "generation_kwargs")}
         stop_words = merge_stop_words(self.stop_words, params.pop("stop_sequences", None), params.pop("stop", None))
         return_full_text = bool(params.pop("return_full_text", False))
         return GenerationRequest(prompt, params, stop_words, return_full_text)
+
+    def _init_kwargs(self) -> dict[str, Any]:
+        """The init `generation_kwargs`, checked; checked again only when someone changed the attribute."""
+        source, checked = self._checked_init_kwargs
+        if source != self.generation_kwargs:
+            checked = check_generation_kwargs(self.generation_kwargs, "generation_kwargs")
+            self._checked_init_kwargs = (copy.deepcopy(self.generation_kwargs), checked)
+        return checked
 
     def _component_info(self, callback: Any) -> ComponentInfo | None:
         """Who the streamed chunks come from (Haystack's `StreamingChunk.component_info`)."""
