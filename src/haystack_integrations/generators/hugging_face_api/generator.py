@@ -99,6 +99,7 @@ class HuggingFaceAPIGenerator:
             raise TypeError("streaming_callback must be callable")
 
         self._settings = parse_api_params(api_type, api_params)
+        check_generation_kwargs(generation_kwargs, "generation_kwargs")  # before copying: it may not be a dict
         self.api_type = api_type
         self.api_params = copy.deepcopy(api_params)
         if isinstance(self.api_params.get("timeout"), Timeout):  # keep api_params serializable
