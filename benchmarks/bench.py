@@ -7,7 +7,8 @@ Started by benchmarks/run.sh, which prepares the venvs; see BENCHMARKS.md for th
 
 Why interleaved blocks: absolute times on these shared machines drift by 1.5x within minutes, so every
 figure is taken in small blocks where all clients run one after the other (in a new random order each
-block), and each client is reported as a ratio to the raw floor measured in the same block.
+block), and each client is reported as a ratio to its reference measured in the same block: raw urllib3
+for sync clients, raw aiohttp for async ones, on the same protocol.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CLIENT_CPU, SERVER_CPU = 0, 1
 STREAM_TOKENS = 1000  # client.STREAM_TOKENS; kept in sync by the check step
+MAX_WINDOW_ERRORS = 3
 
 
 @dataclass
@@ -47,27 +49,52 @@ class Variant:
     is_async: bool
     #: Runs ours from a copy of src/ with benchmarks/proposals/*.patch applied, in the same blocks as the rest.
     proposal: bool = False
+    #: Imports Haystack before measuring (client.py --with-haystack). The reference floors do, because every
+    #: Haystack component runs beside Haystack's heap, which CPython's garbage collector scans (see analysis.md).
+    with_haystack: bool = False
 
     @property
-    def cpu_ref(self) -> str:
-        """The raw floor of the same protocol and the same (sync/async) mode."""
-        return f"raw-{self.protocol}" + ("-async" if self.is_async else "")
-
-    @property
-    def rps_refs(self) -> tuple[str, str]:
-        """The better of raw threads and raw async is the reference for throughput."""
-        return f"raw-{self.protocol}", f"raw-{self.protocol}-async"
+    def ref(self) -> str:
+        """The reference floor: raw urllib3 for sync clients, raw aiohttp for async ones, same protocol."""
+        return f"{'aiohttp' if self.is_async else 'urllib3'}-{self.protocol}"
 
 
 VARIANTS = [
-    Variant("raw-tgi", "raw httpx (TGI)", "raw", "tgi", "main", False),
-    Variant("raw-tgi-async", "raw httpx async (TGI)", "raw_async", "tgi", "main", True),
+    # the references
+    Variant("urllib3-tgi", "raw urllib3 (TGI), beside Haystack", "urllib3", "tgi", "main", False, with_haystack=True),
+    Variant(
+        "urllib3-completions",
+        "raw urllib3 (completions), beside Haystack",
+        "urllib3",
+        "completions",
+        "main",
+        False,
+        with_haystack=True,
+    ),
+    Variant("aiohttp-tgi", "raw aiohttp (TGI), beside Haystack", "aiohttp", "tgi", "main", True, with_haystack=True),
+    Variant(
+        "aiohttp-completions",
+        "raw aiohttp (completions), beside Haystack",
+        "aiohttp",
+        "completions",
+        "main",
+        True,
+        with_haystack=True,
+    ),
+    # the same floors in a bare interpreter: what the raw libraries cost without Haystack's heap
+    Variant("urllib3-tgi-bare", "raw urllib3 (TGI), bare interpreter", "urllib3", "tgi", "main", False),
+    Variant("aiohttp-tgi-bare", "raw aiohttp (TGI), bare interpreter", "aiohttp", "tgi", "main", True),
+    # the other floors: what the generator used before, and what huggingface_hub 2.x runs on
+    Variant("httpx-tgi", "raw httpx (TGI)", "httpx", "tgi", "main", False),
+    Variant("httpx-async-tgi", "raw httpx AsyncClient (TGI)", "httpx_async", "tgi", "main", True),
+    Variant("httpx2-tgi", "raw httpx2 (TGI)", "httpx2", "tgi", "main", False),
+    Variant("httpx2-async-tgi", "raw httpx2 AsyncClient (TGI)", "httpx2_async", "tgi", "main", True),
+    # ours
     Variant("ours-tgi", "ours run (TGI)", "ours", "tgi", "main", False),
     Variant("ours-tgi-async", "ours run_async (TGI)", "ours_async", "tgi", "main", True),
-    Variant("raw-completions", "raw httpx (completions)", "raw", "completions", "main", False),
-    Variant("raw-completions-async", "raw httpx async (completions)", "raw_async", "completions", "main", True),
     Variant("ours-completions", "ours run (completions)", "ours", "completions", "main", False),
     Variant("ours-completions-async", "ours run_async (completions)", "ours_async", "completions", "main", True),
+    # the peers (all speak TGI's protocol)
     Variant("hfhub", "huggingface_hub 2.4 InferenceClient", "hfhub", "tgi", "hfhub", False),
     Variant("hfhub-async", "huggingface_hub 2.4 AsyncInferenceClient", "hfhub_async", "tgi", "hfhub", True),
     Variant("haystack2", "Haystack 2.31 HuggingFaceAPIGenerator", "haystack2", "tgi", "haystack2", False),
@@ -79,7 +106,17 @@ PROPOSAL_VARIANTS = [
     for v in VARIANTS
     if v.peer.startswith("ours")
 ]
-IMPORT_PEERS = {"raw": "main", "ours": "main", "hfhub": "hfhub", "haystack2": "haystack2", "langchain": "langchain"}
+# import_time.py peer -> venv
+IMPORT_PEERS = {
+    "urllib3": "main",
+    "aiohttp": "main",
+    "httpx": "main",
+    "httpx2": "main",
+    "ours": "main",
+    "hfhub": "hfhub",
+    "haystack2": "haystack2",
+    "langchain": "langchain",
+}
 
 
 def _pin(cpu: int) -> None:
@@ -101,6 +138,38 @@ def _env(pythonpath: str = "") -> dict[str, str]:
     env.update({"HAYSTACK_TELEMETRY_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"})
     env["PYTHONPATH"] = pythonpath
     return env
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process, from /proc (None where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _core_jiffies(cpu: int | None) -> tuple[int, int, int] | None:
+    """(busy, steal, total) clock ticks of one CPU since boot, from /proc/stat; all processes count."""
+    if cpu is None:
+        return None
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith(f"cpu{cpu} "):
+                ticks = [int(x) for x in line.split()[1:]]
+                idle = ticks[3] + ticks[4]  # idle + iowait
+                steal = ticks[7] if len(ticks) > 7 else 0
+                return sum(ticks) - idle - steal, steal, sum(ticks)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _core_share(before: tuple[int, int, int] | None, after: tuple[int, int, int] | None) -> dict[str, float]:
+    if before is None or after is None or after[2] <= before[2]:
+        return {}
+    total = after[2] - before[2]
+    return {"busy": (after[0] - before[0]) / total, "steal": (after[1] - before[1]) / total}
 
 
 def _read_line(stream: IO[str], timeout: float) -> str:
@@ -168,6 +237,7 @@ class Bench:
         self.server: subprocess.Popen[str] | None = None
         self.url = ""
         self.workers: list[Worker] = []
+        self.window_errors: list[dict[str, Any]] = []
         self.rng = random.Random(args.seed)
 
     def prepare_proposal(self, patch: Path) -> bool:
@@ -211,10 +281,23 @@ class Bench:
         port = int(_read_line(self.server.stdout, 30).split()[1])
         self.url = f"http://127.0.0.1:{port}"
 
+    def set_interval(self, seconds: float) -> None:
+        """How the fake server sends streams from now on: one event per `seconds`, or at once (0)."""
+        assert self.server is not None
+        assert self.server.stdin is not None
+        assert self.server.stdout is not None
+        self.server.stdin.write(f"interval {seconds}\n")
+        self.server.stdin.flush()
+        answer = _read_line(self.server.stdout, 10).strip()
+        if answer != "OK":
+            raise RuntimeError(f"the fake server answered {answer!r} to `interval`")
+
     def start_workers(self, variants: list[Variant]) -> None:
         for variant in variants:
             command = [self.pythons[variant.venv], str(HERE / "client.py"), "--peer", variant.peer]
             command += ["--url", self.url, "--protocol", variant.protocol]
+            if variant.with_haystack:
+                command.append("--with-haystack")
             if self.client_cpu is not None:
                 command += ["--cpu", str(self.client_cpu)]
             stderr_path = self.logs / f"{variant.key}.stderr"
@@ -265,30 +348,71 @@ class Bench:
     # --- measurements -----------------------------------------------------------------------------
 
     def blocks(self) -> dict[str, Any]:
-        """The interleaved blocks: per figure, every live client once, in a new random order."""
-        ops = {"call": self.args.calls, "stream": self.args.streams, "rps": self.args.rps_requests}
-        seconds = self.args.rps_seconds
+        """
+        The interleaved blocks: per figure, every live client once, in a new random order. Each window also
+        records the fake server's CPU time, so the report can show that the server was never the bottleneck.
+        """
+        args = self.args
+        ops = {
+            "call": (args.calls, args.min_seconds),
+            "stream": (args.streams, args.min_seconds),  # paced: one event per --interval
+            "burst": (args.burst_streams, args.min_seconds),  # the same streams, sent at once
+            "rps": (args.rps_requests, args.rps_seconds),
+        }
         raw: dict[str, dict[str, list[dict[str, Any] | None]]] = {op: {} for op in ops}
-        for block in range(self.args.blocks):
+        assert self.server is not None
+        for block in range(args.blocks):
             started = time.perf_counter()
-            for op, n in ops.items():
+            for op, (n, seconds) in ops.items():
+                self.set_interval(args.interval if op == "stream" else 0.0)
                 order = self.live()
                 self.rng.shuffle(order)
                 for worker in order:
-                    try:
-                        result = worker.ask({"op": op, "n": n, "seconds": seconds})
-                    except (RuntimeError, TimeoutError, EOFError) as error:
-                        worker.fail(f"{op}: {error}")
-                        continue
-                    raw[op].setdefault(worker.variant.key, [None] * self.args.blocks)[block] = result
-            print(f"  block {block + 1}/{self.args.blocks}: {time.perf_counter() - started:.1f} s", flush=True)
+                    result = self.window(worker, op, n, seconds, block)
+                    if result is not None:
+                        raw[op].setdefault(worker.variant.key, [None] * args.blocks)[block] = result
+            print(f"  block {block + 1}/{args.blocks}: {time.perf_counter() - started:.1f} s", flush=True)
         return raw
+
+    def window(self, worker: Worker, op: str, n: int, seconds: float, block: int) -> dict[str, Any] | None:
+        """
+        One measurement window. A request that fails inside a live client (a peer's own bug, e.g. httpcore
+        closing a connection under another thread's request) is recorded and the window retried once; the
+        client is dropped after MAX_WINDOW_ERRORS such failures, or at once when it stops answering.
+        """
+        assert self.server is not None
+        # Windows are bounded in time; an in-flight window also waits for the requests still in flight.
+        timeout = 120 if op != "rps" else seconds + 45
+        for attempt in range(2):
+            server_before = _cpu_seconds(self.server.pid)
+            cores_before = _core_jiffies(self.client_cpu), _core_jiffies(self.server_cpu)
+            try:
+                result = worker.ask({"op": op, "n": n, "seconds": seconds}, timeout=timeout)
+            except RuntimeError as error:
+                self.window_errors.append({"key": worker.variant.key, "op": op, "block": block, "error": f"{error}"})
+                print(f"  {worker.variant.key} {op}: {error} ({'retrying' if attempt == 0 else 'skipped'})")
+                if sum(e["key"] == worker.variant.key for e in self.window_errors) >= MAX_WINDOW_ERRORS:
+                    worker.fail(f"{op}: {error} ({MAX_WINDOW_ERRORS} failed windows)")
+                    return None
+                continue
+            except (TimeoutError, EOFError) as error:
+                worker.fail(f"{op}: {error}")
+                return None
+            server_after = _cpu_seconds(self.server.pid)
+            if server_before is not None and server_after is not None:
+                result["server_cpu"] = server_after - server_before
+            # How busy each core was, all processes counted: load from outside the benchmark shows up here.
+            cores_after = _core_jiffies(self.client_cpu), _core_jiffies(self.server_cpu)
+            result["client_core"] = _core_share(cores_before[0], cores_after[0])
+            result["server_core"] = _core_share(cores_before[1], cores_after[1])
+            return result
+        return None
 
     def import_times(self) -> dict[str, Any]:
         """Fresh processes, round-robin over the peers so drift hits all of them alike."""
         samples: dict[str, list[dict[str, float]]] = {peer: [] for peer in IMPORT_PEERS}
         errors: dict[str, str] = {}
-        for _ in range(self.args.import_reps):
+        for rep in range(self.args.import_reps + 1):  # the first round only warms the disk and .pyc caches
             for peer, venv in IMPORT_PEERS.items():
                 if peer in errors:
                     continue
@@ -300,7 +424,8 @@ class Bench:
                 if done.returncode != 0:
                     errors[peer] = done.stderr[-500:]
                     continue
-                samples[peer].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                if rep > 0:
+                    samples[peer].append(json.loads(done.stdout.strip().splitlines()[-1]))
         return {"samples": samples, "errors": errors, "breakdown": self.import_breakdown()}
 
     def import_breakdown(self) -> list[dict[str, Any]]:
@@ -329,6 +454,8 @@ class Bench:
         for variant in variants:
             command = [self.pythons[variant.venv], str(HERE / "client.py"), "--peer", variant.peer]
             command += ["--url", self.url, "--protocol", variant.protocol, "--rss", str(self.args.rss_calls)]
+            if variant.with_haystack:
+                command.append("--with-haystack")
             if self.client_cpu is not None:
                 command += ["--cpu", str(self.client_cpu)]
             env = _env(self.ours_path if variant.venv == "main" else "")
@@ -386,7 +513,16 @@ def machine() -> dict[str, Any]:
 def versions(pythons: dict[str, str]) -> dict[str, dict[str, str]]:
     """Package versions per venv, read with importlib.metadata inside each venv."""
     packages = {
-        "main": ["haystack-ai", "httpx", "hugging-face-api-generator-haystack", "transformers", "torch"],
+        "main": [
+            "haystack-ai",
+            "hugging-face-api-generator-haystack",
+            "urllib3",
+            "aiohttp",
+            "httpx",
+            "httpx2",
+            "transformers",
+            "torch",
+        ],
         "hfhub": ["huggingface_hub", "httpx2"],
         "haystack2": ["haystack-ai", "huggingface_hub", "httpx2"],
         "langchain": ["langchain-huggingface", "langchain-core", "huggingface_hub", "httpx"],
@@ -411,15 +547,32 @@ def main() -> None:
     parser.add_argument("--main-python", required=True, help="the project's venv python (haystack 3 + this package)")
     parser.add_argument("--venvs", required=True, help="folder holding the hfhub, haystack2 and langchain venvs")
     parser.add_argument("--blocks", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=150, help="one-piece calls per client per block")
-    parser.add_argument("--streams", type=int, default=3, help="1,000-token streams per client per block")
-    parser.add_argument("--rps-requests", type=int, default=4000, help="at most this many requests per window")
-    parser.add_argument("--rps-seconds", type=float, default=1.0, help="throughput window (64 in flight)")
+    parser.add_argument("--calls", type=int, default=150, help="one-piece calls per batch (16 tokens each)")
+    parser.add_argument("--streams", type=int, default=1, help="paced 1,000-token streams per batch")
+    parser.add_argument(
+        "--interval", type=float, default=0.001, help="seconds between two events of a paced stream (~1.1 s a stream)"
+    )
+    parser.add_argument("--burst-streams", type=int, default=2, help="1,000-token streams sent at once, per batch")
+    parser.add_argument(
+        "--min-seconds", type=float, default=0.25, help="call and stream windows: batches until this long"
+    )
+    parser.add_argument("--rps-requests", type=int, default=100_000, help="at most this many requests per window")
+    parser.add_argument(
+        "--rps-seconds", type=float, default=0.8, help="in-flight window (64 threads sync, 256 tasks async)"
+    )
     parser.add_argument("--import-reps", type=int, default=5)
     parser.add_argument("--rss-calls", type=int, default=1000)
     parser.add_argument("--local-reps", type=int, default=4)
     parser.add_argument("--skip-local", action="store_true")
-    parser.add_argument("--only", default="", help="comma-separated variant keys (for quick checks)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a fast look (about 2.5 minutes): 2 blocks, shorter windows, 2 import samples, 300 calls for the "
+        "RSS, no local model; explicit options still win",
+    )
+    parser.add_argument(
+        "--only", default="", help="comma-separated variant keys (their references are added), for quick checks"
+    )
     parser.add_argument("--seed", type=int, default=20241125)
     parser.add_argument(
         "--proposal",
@@ -436,17 +589,26 @@ def main() -> None:
         "give --out/--markdown/--chart elsewhere to keep the committed report",
     )
     args = parser.parse_args()
+    if args.quick:
+        given = {arg.split("=", 1)[0] for arg in sys.argv[1:] if arg.startswith("--")}
+        quick = {"blocks": 2, "min_seconds": 0.15, "rps_seconds": 0.5, "import_reps": 2, "rss_calls": 300}
+        for name, value in quick.items():
+            if "--" + name.replace("_", "-") not in given:
+                setattr(args, name, value)
+        args.skip_local = True
 
     bench = Bench(args)
     candidates = VARIANTS
     if args.proposal and Path(args.proposal).exists() and bench.prepare_proposal(Path(args.proposal)):
         candidates = VARIANTS + PROPOSAL_VARIANTS
-    variants = [v for v in candidates if not args.only or v.key in args.only.split(",")]
+    wanted = set(args.only.split(",")) if args.only else set()
+    wanted |= {v.ref for v in candidates if v.key in wanted}  # ratios need the references in the same blocks
+    variants = [v for v in candidates if not wanted or v.key in wanted]
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "settings": vars(args)}
     results["machine"] = machine()
     results["versions"] = versions(bench.pythons)
     results["pinning"] = {"client_cpu": bench.client_cpu, "server_cpu": bench.server_cpu}
-    results["variants"] = [vars(v) | {"cpu_ref": v.cpu_ref, "rps_refs": v.rps_refs} for v in variants]
+    results["variants"] = [vars(v) | {"ref": v.ref} for v in variants]
     results["proposal"] = bench.proposal_note
     began = time.perf_counter()
     try:
@@ -459,6 +621,7 @@ def main() -> None:
         print("interleaved blocks", flush=True)
         results["blocks"] = bench.blocks()
         results["errors"] = {w.variant.key: w.error for w in bench.workers if w.error}
+        results["window_errors"] = bench.window_errors
         for worker in bench.workers:
             worker.stop()
         print("import times", flush=True)

@@ -13,7 +13,14 @@ its own chunk of a chunked body, as axum and uvicorn write them), TGI's compat r
 of one object, or SSE when `stream` is true, and the prompt prepended when `return_full_text` is
 missing), `/v1/models`, and `/v1/completions` with vLLM's fields, the usage chunk and `data: [DONE]`.
 
-Run: python benchmarks/fake_server.py [--port 0] [--cpu 1]  (prints "READY <port>" when listening).
+Streams go out either at once (burst) or paced, one event per `interval` seconds (a timer per event, the
+server idle in between; `call_later`'s resolution makes 1 ms the shortest useful interval, ~1.1 ms in
+practice). Paced is how real servers deliver tokens, a few ms apart, so every client reads each event on
+its own and pays one wake-up per token; a burst lets a client take many events per read (and, if it
+does so, hand them out as one chunk).
+
+Run: python benchmarks/fake_server.py [--port 0] [--cpu 1] [--interval 0.001]  (prints "READY <port>"
+when listening). On stdin it takes `interval S` (answered `OK`) and stops at the end of its input.
 Only the standard library is needed; uvloop is used when installed.
 """
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import signal
@@ -97,15 +105,22 @@ def _json_response(payload: object, extra: list[tuple[str, str]] | None = None, 
     return _head(status, headers) + body
 
 
-def _sse_response(events: list[bytes], extra: list[tuple[str, str]], content_type: str = "text/event-stream") -> bytes:
-    """A chunked SSE body with one chunk per event, as real servers flush one event per token."""
+def _sse_response(
+    events: list[bytes], extra: list[tuple[str, str]], content_type: str = "text/event-stream"
+) -> list[bytes]:
+    """
+    A chunked SSE body with one chunk per event, as real servers flush one event per token; as a list of
+    the pieces to send one at a time when pacing: the head with the first event, then one event each (the
+    last one with the end of the body).
+    """
     headers = [("content-type", content_type), ("cache-control", "no-cache"), ("transfer-encoding", "chunked")]
-    parts = [_head("200 OK", headers + extra)]
+    parts = []
     for event in events:
         data = b"data: " + event + b"\n\n"
         parts.append(b"%x\r\n%s\r\n" % (len(data), data))
-    parts.append(b"0\r\n\r\n")
-    return b"".join(parts)
+    parts[0] = _head("200 OK", headers + extra) + parts[0]
+    parts[-1] += b"0\r\n\r\n"
+    return parts
 
 
 def _prompt_tokens(prompt: object) -> int:
@@ -130,7 +145,7 @@ def _tgi_headers(prompt_tokens: int, n: int) -> list[tuple[str, str]]:
     ]
 
 
-def _tgi(request: dict, path: str) -> bytes:
+def _tgi(request: dict, path: str) -> bytes | list[bytes]:
     params = request.get("parameters") or {}
     n = min(int(params.get("max_new_tokens") or 100), MAX_TOKENS)
     prompt = request.get("inputs", "")
@@ -169,7 +184,7 @@ def _tgi(request: dict, path: str) -> bytes:
     return _sse_response(events, [("x-compute-type", "1-nvidia-a10g"), ("x-accel-buffering", "no")])
 
 
-def _completions(request: dict) -> bytes:
+def _completions(request: dict) -> bytes | list[bytes]:
     n = min(int(request.get("max_tokens") or 16), MAX_TOKENS)
     prompt_tokens = _prompt_tokens(request.get("prompt"))
     model = request.get("model") or MODEL_ID
@@ -216,8 +231,8 @@ def _completions(request: dict) -> bytes:
     return _sse_response(events, uvicorn, content_type="text/event-stream; charset=utf-8")
 
 
-def respond(method: str, target: str, body: bytes) -> bytes:
-    """The full HTTP response for one request."""
+def respond(method: str, target: str, body: bytes) -> bytes | list[bytes]:
+    """The full HTTP response for one request (a stream: as its pieces, see `_sse_response`)."""
     path = target.split("?", 1)[0]
     if method == "GET":
         if path == "/info":
@@ -240,7 +255,25 @@ def respond(method: str, target: str, body: bytes) -> bytes:
     return _json_response({"error": "Not Found", "error_type": "not_found"}, status="404 Not Found")
 
 
-_cache: dict[tuple[str, str, bytes], bytes] = {}
+#: Seconds between two events of a stream; 0 sends each answer at once. Set by the orchestrator through stdin
+#: (`interval S`): paced streams deliver one event per read, as real servers do (a token every few ms), so a
+#: client cannot merge many events into one chunk only because the whole stream arrived at once.
+PACING = {"interval": 0.0}
+
+# request bytes -> (the whole answer, its pieces)
+_cache: dict[tuple[str, str, bytes], tuple[bytes, list[bytes]]] = {}
+
+
+def _answer(method: str, target: str, body: bytes) -> tuple[bytes, list[bytes]]:
+    key = (method, target, body)
+    found = _cache.get(key)
+    if found is None:
+        if len(_cache) > _CACHE_LIMIT:
+            _cache.clear()
+        response = respond(method, target, body)
+        parts = response if isinstance(response, list) else [response]
+        found = _cache[key] = (b"".join(parts), parts)
+    return found
 
 
 class HTTPServerProtocol(asyncio.Protocol):
@@ -249,6 +282,14 @@ class HTTPServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
         self.buffer = bytearray()
+        self.pending: collections.deque[bytes] = collections.deque()  # pieces of paced answers still to send
+        self.timer: asyncio.TimerHandle | None = None
+        self.close_after = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -274,16 +315,41 @@ class HTTPServerProtocol(asyncio.Protocol):
                 return  # wait for the rest of the body
             body = bytes(self.buffer[end + 4 : end + 4 + length])
             del self.buffer[: end + 4 + length]
-            key = (method, target, body)
-            response = _cache.get(key)
-            if response is None:
-                if len(_cache) > _CACHE_LIMIT:
-                    _cache.clear()
-                response = _cache[key] = respond(method, target, body)
-            self.transport.write(response)
+            whole, parts = _answer(method, target, body)
+            if self.pending or (len(parts) > 1 and PACING["interval"] > 0):
+                self.pending.extend(parts)  # behind (or as) a paced answer, in order
+                self.close_after = close
+                if self.timer is None:
+                    self._send_next()
+                return
+            self.transport.write(whole)
             if close:
                 self.transport.close()
                 return
+
+    def _send_next(self) -> None:
+        self.timer = None
+        if self.transport.is_closing():
+            self.pending.clear()
+            return
+        self.transport.write(self.pending.popleft())
+        if self.pending:
+            self.timer = asyncio.get_running_loop().call_later(PACING["interval"], self._send_next)
+        elif self.close_after:
+            self.transport.close()
+
+
+def _control(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Commands from the orchestrator on stdin: `interval S` (answered `OK`); end of input stops the server."""
+    data = os.read(sys.stdin.fileno(), 1024)
+    if not data:
+        stop.set()
+        return
+    for line in data.decode().splitlines():
+        command, _, value = line.partition(" ")
+        if command == "interval":
+            PACING["interval"] = max(0.0, float(value))
+            print("OK", flush=True)
 
 
 async def serve(host: str, port: int) -> None:
@@ -294,9 +360,9 @@ async def serve(host: str, port: int) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # Also stop when the parent closes our stdin pipe (the benchmark died): never leave a server behind.
+    # Commands on stdin; also stop when the parent closes the pipe (the benchmark died): never leave a server behind.
     if stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode):
-        loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not os.read(sys.stdin.fileno(), 1024) else None)
+        loop.add_reader(sys.stdin.fileno(), _control, loop, stop)
     async with server:
         await stop.wait()
 
@@ -306,7 +372,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU (os.sched_setaffinity)")
+    parser.add_argument("--interval", type=float, default=0.0, help="seconds between two events of a stream")
     args = parser.parse_args()
+    PACING["interval"] = args.interval
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
     try:

@@ -19,7 +19,10 @@ import time
 
 # peer: (framework imported first, the peer's import on top of it)
 IMPORTS = {
-    "raw": (None, "httpx"),
+    "urllib3": (None, "urllib3"),
+    "aiohttp": (None, "aiohttp"),
+    "httpx": (None, "httpx"),
+    "httpx2": (None, "httpx2"),
     "ours": ("haystack", "haystack_integrations.generators.hugging_face_api"),
     "hfhub": (None, "huggingface_hub:InferenceClient"),
     "haystack2": ("haystack", "haystack.components.generators:HuggingFaceAPIGenerator"),

@@ -52,7 +52,7 @@ def main() -> None:
     except FileNotFoundError as error:
         return _skip(str(error))
 
-    import httpx
+    import urllib3
 
     from haystack_integrations.generators.hugging_face_api import HuggingFaceAPIGenerator
 
@@ -68,26 +68,38 @@ def main() -> None:
             generation_kwargs={"max_new_tokens": args.tokens, "temperature": 0},
         )
         generator.warm_up()
-        direct = httpx.Client(base_url=server.url, timeout=300)
+        direct = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=10, read=300))
+        url = server.url + "/v1/completions"
         # The body the generator sends on the completions protocol, written out by hand.
         body: dict[str, Any] = {"model": server.model_id, "max_tokens": args.tokens, "temperature": 0}
 
+        def post(payload: dict[str, Any]) -> Any:
+            response = direct.request("POST", url, json=payload, preload_content=False)
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {response.read()[:200]!r}")
+            return response
+
         def direct_call() -> int:
-            response = direct.post("/v1/completions", json={**body, "stream": False, "prompt": PROMPT})
-            response.raise_for_status()
-            return int(response.json()["usage"]["completion_tokens"])
+            response = post({**body, "stream": False, "prompt": PROMPT})
+            try:
+                return int(json.loads(response.read())["usage"]["completion_tokens"])
+            finally:
+                response.release_conn()
 
         def direct_stream() -> int:
-            stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}, "prompt": PROMPT}
-            pieces, usage = 0, None
-            with direct.stream("POST", "/v1/completions", json=stream_body) as response:
-                response.raise_for_status()
-                for line in response.iter_lines():
-                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                        continue
-                    event = json.loads(line[5:])
-                    usage = event.get("usage") or usage
-                    pieces += bool(event.get("choices") and event["choices"][0].get("text"))
+            response = post({**body, "stream": True, "stream_options": {"include_usage": True}, "prompt": PROMPT})
+            pieces, usage, rest = 0, None, b""
+            try:
+                for chunk in response.stream(65536):
+                    *lines, rest = (rest + chunk).split(b"\n")
+                    for line in lines:
+                        if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+                            continue
+                        event = json.loads(line[5:])
+                        usage = event.get("usage") or usage
+                        pieces += bool(event.get("choices") and event["choices"][0].get("text"))
+            finally:
+                response.release_conn()
             return int(usage["completion_tokens"]) if usage else pieces
 
         def ours_call() -> int:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs the client benchmarks and writes BENCHMARKS.md and benchmarks/chart.png.
 #
-#   bash benchmarks/run.sh                 # everything (about 6-8 minutes once the venvs exist)
-#   bash benchmarks/run.sh --blocks 3 --skip-local   # a quicker look; any option of benchmarks/bench.py
+#   bash benchmarks/run.sh                 # everything (about 8 minutes once the venvs exist)
+#   bash benchmarks/run.sh --quick         # a fast look (about 2.5 minutes): 2 blocks, short windows, no local model
+#   bash benchmarks/run.sh --blocks 3 --skip-local   # any option of benchmarks/bench.py (--help)
 #
 # The peers need conflicting huggingface_hub versions, so each gets its own venv under .cache/bench-venvs/
-# (created on first use, reused while its package list is unchanged). "ours" and the raw floor run in the
-# project's .venv (Haystack 3 + this package, editable).
+# (created on first use, reused while its package list is unchanged). "ours" and the raw clients (urllib3,
+# aiohttp, httpx, httpx2) run in the project's .venv (Haystack 3 + this package, editable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENVS=.cache/bench-venvs
@@ -33,9 +34,10 @@ ensure_venv haystack2 haystack-ai==2.31.0 huggingface_hub==2.4.0
 ensure_venv langchain langchain-huggingface==1.2.3 huggingface_hub==1.33.0
 
 MAIN=.venv/bin/python
-if ! [[ -x $MAIN ]] || ! "$MAIN" -c "import haystack_integrations.generators.hugging_face_api" 2>/dev/null; then
-  # No project venv: an editable install of our own (without the heavy `local` extra: that section then skips).
-  ensure_venv main -e .
+# The project's venv when there is one (whatever state src/ is in: a client that fails to import is reported
+# as such); otherwise an editable install of our own (without the heavy `local` extra: that section skips).
+if ! [[ -x $MAIN ]] || ! "$MAIN" -c "import haystack, urllib3, aiohttp, httpx, httpx2" 2>/dev/null; then
+  ensure_venv main -e . httpx httpx2
   MAIN=$VENVS/main/bin/python
 fi
 
