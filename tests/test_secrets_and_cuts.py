@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from haystack.utils import Secret
@@ -124,3 +125,62 @@ def test_a_cut_inside_an_event_after_text_is_an_incomplete_stream(
     assert chunks.text and TEXT.startswith(chunks.text) and chunks.text != TEXT
     assert all(c.finish_reason is None for c in chunks.received)  # nothing claimed to be the end
     assert posts(engine) == 1  # never retried: the chunks would be delivered again
+
+
+SLASHED = "Zm9vYmFy/c2VjcmV0+dG9rZW4="  # a base64 key: JSON encoders may write its "/" as "\/"
+
+
+def _echoing_faults(token: str) -> list[tuple[str, Fault, bool]]:
+    """(name, fault, streamed): servers quoting the token in answers that are not errors by status."""
+    cut = "x" * 280 + token  # the token straddles the 300-character excerpt
+    return [
+        ("non-JSON body", Fault.status(200, f"<html>echo: Authorization: Bearer {token}</html>"), False),
+        ("JSON of the wrong shape", Fault.status(200, {"echo": f"Bearer {token}"}), False),
+        ("token across the excerpt's cut", Fault.status(200, cut), False),
+        (
+            "escaped in a JSON error body",
+            Fault.status(401, '{"error": "bad key ' + token.replace("/", "\\/") + '"}'),
+            False,
+        ),
+        ("malformed stream event", Fault.malformed(after_events=0, line=f"data: echo {token}".encode()), True),
+        (
+            "stream event of the wrong shape",
+            Fault.malformed(after_events=0, line=f'data: {{"token": "{token}"}}'.encode()),
+            True,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6), ids=[name for name, _, _ in _echoing_faults(SLASHED)])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_server_text_quoted_in_any_error_is_redacted(
+    tgi: FakeTGI, caplog: pytest.LogCaptureFixture, case: int, mode: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    name, fault, streamed = _echoing_faults(SLASHED)[case]
+    generator = HuggingFaceAPIGenerator(
+        "text_generation_inference", {"url": tgi.url, "max_retries": 0}, token=Secret.from_token(SLASHED)
+    )
+    generator.warm_up()
+    tgi.faults.append(fault)
+    with pytest.raises(HuggingFaceAPIError) as raised:
+        call(generator, mode, Chunks() if streamed else None)
+    texts = [str(raised.value), repr(raised.value), raised.value.server_message or "", caplog.text]
+    fragments = [SLASHED, SLASHED[:8], SLASHED[-8:]]  # not even part of it
+    assert not any(fragment in text for fragment in fragments for text in texts), name
+    assert "<redacted>" in str(raised.value), name  # the server's words are quoted, without the token
+
+
+def test_the_cli_never_writes_an_echoed_token_to_a_batch_output(
+    tgi: FakeTGI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_integrations.generators.hugging_face_api.cli import main
+
+    monkeypatch.setenv("MY_TGI_KEY", SECRET)
+    tgi.faults.extend([Fault.status(200, f"<html>Authorization: Bearer {SECRET}</html>")] * 8)
+    prompts = tmp_path / "in.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "q"}\n')
+    output = tmp_path / "out.jsonl"
+    main(["--batch", str(prompts), "--output", str(output), "--url", tgi.url, "--token-env", "MY_TGI_KEY"])
+    assert "<redacted>" in output.read_text()
+    assert SECRET not in output.read_text() + capsys.readouterr().err

@@ -281,6 +281,7 @@ class ClientCore:
             try:
                 result = yield from attempt()
             except HuggingFaceAPIError as error:
+                error.redact(self.redact)  # before it is logged or raised: servers echo what they received
                 yield Sleep(budget.wait_before_retry(error, delivered()))
             else:
                 budget.succeeded()

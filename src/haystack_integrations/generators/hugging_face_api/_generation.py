@@ -239,9 +239,9 @@ class StreamState:
         try:
             payload = _decode_json(data.decode())  # a bound decoder on str: json.loads adds ~0.3 µs per event
         except ValueError:  # UnicodeDecodeError included
-            raise ResponseFormatError(f"{self._where} sent a stream event that is not JSON: {data[:200]!r}") from None
+            raise ResponseFormatError(f"{self._where} sent a stream event that is not JSON").quoting(data) from None
         if type(payload) is not dict and not isinstance(payload, Mapping):  # dict first: ABC checks cost
-            raise ResponseFormatError(f"{self._where} sent a stream event that is not an object: {data[:200]!r}")
+            raise ResponseFormatError(f"{self._where} sent a stream event that is not an object").quoting(data)
         if self._filter.stopped:
             # The reply is complete; only the server's closing numbers are still of interest.
             self._events_after_stop += 1

@@ -67,7 +67,7 @@ def json_body(request: Request, answer: Answer) -> Any:
     try:
         return json.loads(answer.body)
     except ValueError:
-        raise ResponseFormatError(f"{request.where} returned invalid JSON: {answer.body[:200]!r}") from None
+        raise ResponseFormatError(f"{request.where} returned invalid JSON").quoting(answer.body) from None
 
 
 def raise_for_status(request: Request, answer: Answer, redact: Callable[[str], str]) -> None:

@@ -93,7 +93,7 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _malformed(what: str, payload: Any) -> ResponseFormatError:
-    return ResponseFormatError(f"The server's answer has no {what}: {str(payload)[:300]}")
+    return ResponseFormatError(f"The server's answer has no {what}").quoting(payload)
 
 
 class TGIProtocol(Protocol):

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "APIConnectionError",
@@ -77,6 +77,26 @@ class HuggingFaceAPIError(Exception):
         self.error_type = error_type
         self.retry_after = retry_after
         self.delivered_text = ""
+        self._quoted: Any = None  # server text to quote at the end of the message, once redacted
+
+    def quoting(self, server_text: Any) -> Self:
+        """Marks `server_text` (bytes, text or decoded JSON) to be quoted, redacted, at the end of the message."""
+        self._quoted = server_text
+        return self
+
+    def redact(self, redact: Callable[[str], str], limit: int = 300) -> None:
+        """
+        Removes the token in use from everything this error says (called once, before it is logged or raised).
+        Quoted server text is redacted before it is cut to `limit` characters, so no part of a token survives.
+        """
+        if self._quoted is not None:
+            quoted, self._quoted = self._quoted, None
+            text = quoted.decode("utf-8", "replace") if isinstance(quoted, bytes) else str(quoted)
+            self.message = f"{self.message}: {redact(text)[:limit]!r}"
+        self.message = redact(self.message)
+        if self.server_message is not None:
+            self.server_message = redact(self.server_message)
+        self.args = (self.message,)
 
     def __str__(self) -> str:
         if not self.delivered_text:
