@@ -8,8 +8,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from haystack_integrations.generators.hugging_face_api import HuggingFaceAPIGenerator
-from tests.fakes import FakeTGI
+import pytest
+
+from haystack_integrations.generators.hugging_face_api import HuggingFaceAPIGenerator, ServerError
+from tests.fakes import FakeTGI, Fault
 
 TEXT = "Natural Language Processing is a field."
 CONCURRENT = 200
@@ -123,3 +125,51 @@ def test_close_from_async_code_never_drives_another_loop() -> None:
         generator.close()
         assert generator._async is not None
         assert len(generator._async._loops) == 0
+
+
+def _refused_url() -> str:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_callers_queued_behind_a_failing_route_resolution_share_its_failure() -> None:
+    from haystack_integrations.generators.hugging_face_api import APIConnectionError
+
+    generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": _refused_url(), "max_retries": 2})
+
+    def attempt(_: int) -> float:
+        started = time.monotonic()
+        try:
+            generator.run("q")
+        except APIConnectionError:
+            return time.monotonic() - started
+        raise AssertionError("expected a connection error")
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(attempt, range(8)))
+    one = time.monotonic() - started
+    assert generator._core.resolutions == 1  # not one resolution per waiting thread
+    assert one < 6  # ~one resolution with its retries, not eight in a row
+
+
+async def test_tasks_queued_behind_a_failing_route_resolution_share_its_failure() -> None:
+    from haystack_integrations.generators.hugging_face_api import APIConnectionError
+
+    generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": _refused_url(), "max_retries": 2})
+    outcomes = await asyncio.gather(*(generator.run_async("q") for _ in range(8)), return_exceptions=True)
+    assert all(isinstance(o, APIConnectionError) for o in outcomes)
+    assert generator._core.resolutions == 1
+    await generator.close_async()
+
+
+def test_a_later_call_resolves_the_route_again() -> None:
+    with FakeTGI() as server:
+        generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": server.url, "max_retries": 0})
+        server.faults_for("GET", "/info").append(Fault.status(503))
+        with pytest.raises(ServerError):
+            generator.run("q")
+        assert generator.run("q")["replies"] == [TEXT]  # the failure is not cached for later calls

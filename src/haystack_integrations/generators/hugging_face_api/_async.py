@@ -140,10 +140,11 @@ class AsyncClient:
         """The route, resolved once (by whichever task comes first; the others wait without blocking)."""
         route = self._core.route
         if route is None:
+            ticket = self._core.resolutions
             async with self._state().route_lock:
                 route = self._core.route
                 if route is None:
-                    route = await self.run(self._core.resolution())
+                    route = await self.run(self._core.resolution(ticket))
         return route
 
     async def run(self, flow: Flow[T], callback: AsyncCallback | None = None) -> T:

@@ -17,6 +17,7 @@ The sync client (`_sync`, urllib3) and the async client (`_async`, aiohttp) run 
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -128,6 +129,9 @@ class ClientCore:
         self.policy = RetryPolicy(max_retries=settings.max_retries, scale_up_timeout=settings.scale_up_timeout)
         #: The resolved route, once known.
         self.route: Route | None = None
+        #: How many route resolutions have finished, and how the last one failed (shared with its waiters).
+        self.resolutions = 0
+        self._resolution_failure: HuggingFaceAPIError | None = None
         timeout = settings.timeout
         self._connect, self._read = timeout.connect, timeout.read
 
@@ -187,8 +191,28 @@ class ClientCore:
 
     # --- route resolution ------------------------------------------------------------------------
 
-    def resolution(self) -> Flow[Route]:
-        """Decides (and remembers) the route: the probes of `_routing`, each with retries."""
+    def resolution(self, ticket: int) -> Flow[Route]:
+        """
+        Decides (and remembers) the route: the probes of `_routing`, each with retries.
+
+        :param ticket: `resolutions` as the caller read it before waiting for its turn. When a resolution
+            finished and failed meanwhile, its error is raised again instead of starting over: callers queued
+            behind a failing resolution fail with it, not one full resolution after another.
+        """
+        if ticket != self.resolutions and self._resolution_failure is not None:
+            raise copy.copy(self._resolution_failure)
+        try:
+            route = yield from self._resolve()
+        except HuggingFaceAPIError as error:
+            self._resolution_failure = error
+            raise
+        else:
+            self._resolution_failure = None
+        finally:
+            self.resolutions += 1
+        return route
+
+    def _resolve(self) -> Flow[Route]:
         settings = self.settings
         if settings.url is not None:
             decision = resolve_url_route(settings)

@@ -77,10 +77,11 @@ class SyncClient:
         """The route, resolved once (by whichever thread comes first)."""
         route = self._core.route
         if route is None:
+            ticket = self._core.resolutions
             with self._route_lock:
                 route = self._core.route
                 if route is None:
-                    route = self.run(self._core.resolution())
+                    route = self.run(self._core.resolution(ticket))
         return route
 
     def run(self, flow: Flow[T], callback: SyncCallback | None = None) -> T:
