@@ -206,3 +206,9 @@ def test_a_held_request_may_outlast_the_read_timeout_but_the_stream_may_not(tgi:
     with pytest.raises(APITimeoutError) as raised:
         call(generator, mode, Chunks())
     assert raised.value.phase == "read"
+
+
+def test_a_proxy_saying_retry_after_0_is_not_flooded(tgi: FakeTGI) -> None:
+    tgi.endpoint = proxy = EndpointProxy(cold_for=2.5, retry_after=0, honour_scale_up_header=False)
+    assert endpoint(tgi).run("q")["replies"] == [TEXT]
+    assert proxy.unavailable <= 4  # at least a second between two requests: not dozens a second

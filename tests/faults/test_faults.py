@@ -218,3 +218,17 @@ def test_stream_cut_before_any_text_is_retried(tgi: FakeTGI) -> None:
 def test_stream_meta_names_the_stream_route(tgi: FakeTGI) -> None:
     meta = make(tgi.url).run("q", streaming_callback=Chunks())["meta"][0]
     assert meta["route"] == "/generate_stream"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_stream_answered_with_json_is_a_format_error_not_a_cut_stream(mode: str) -> None:
+    from tests.helpers import call
+
+    with FakeOpenAI() as server:
+        generator = make(server.url)
+        generator.warm_up()
+        server.faults.append(Fault.status(200, {"choices": [{"text": "one piece", "finish_reason": "stop"}]}))
+        with pytest.raises(ResponseFormatError, match="not server-sent events") as raised:
+            call(generator, mode, Chunks())
+        assert "application/json" in str(raised.value) and "one piece" in str(raised.value)  # what it sent
+        assert posts(server) == 1  # a server that does not stream will not start on a retry

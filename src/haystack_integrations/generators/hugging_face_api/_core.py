@@ -31,7 +31,7 @@ from haystack.utils import Secret
 from ._auth import Credentials, origin_of
 from ._config import APISettings, HFGenerationAPIType
 from ._generation import GenerationRequest, StreamState, reply_from_generation
-from ._http import Answer, Request, json_body, raise_for_status
+from ._http import Answer, Request, is_event_stream, json_body, raise_for_status
 from ._retry import RetryPolicy
 from ._routing import (
     Probe,
@@ -43,7 +43,7 @@ from ._routing import (
     resolve_url_route,
     server_base_url,
 )
-from .errors import HuggingFaceAPIError
+from .errors import HuggingFaceAPIError, ResponseFormatError
 
 T = TypeVar("T")
 
@@ -288,6 +288,11 @@ class ClientCore:
             try:
                 answer: Answer = yield Exchange(http, state)
                 raise_for_status(http, answer, self.redact)
+                if not is_event_stream(answer.headers):  # e.g. a gateway that ignores `stream: true`
+                    kind = answer.headers.get("content-type")
+                    raise ResponseFormatError(
+                        f"{http.where} answered a streamed request with {kind}, not server-sent events"
+                    ).quoting(answer.body)
                 state.raise_failure()
             except HuggingFaceAPIError as error:
                 if not state.complete:  # a broken tail after the final event does not undo a complete reply

@@ -62,6 +62,12 @@ class Answer:
     body: bytes = b""
 
 
+def is_event_stream(headers: Mapping[str, str]) -> bool:
+    """Whether an answer is server-sent events (a server that names no type is given the benefit of the doubt)."""
+    content_type = headers.get("content-type")
+    return content_type is None or content_type.lower().startswith("text/event-stream")
+
+
 def json_body(request: Request, answer: Answer) -> Any:
     """The decoded JSON of a successful one-piece answer."""
     try:

@@ -38,6 +38,9 @@ from .errors import (
 
 logger = logging.getLogger(__name__)
 
+#: The shortest wait between two requests to an Inference Endpoint that is scaling up.
+MIN_SCALE_UP_DELAY = 1.0
+
 
 def is_transient(error: HuggingFaceAPIError) -> bool:
     """Whether `error` says "not now" rather than "not this request": worth another attempt."""
@@ -125,8 +128,11 @@ class RetryBudget:
                 retry_after=error.retry_after,
             ) from error
         backoff = min(self._policy.max_scale_up_delay, 2.0**self._scale_up_waits) * random.uniform(0.5, 1.0)
+        backoff = max(backoff, MIN_SCALE_UP_DELAY)
         self._scale_up_waits += 1
-        wait = error.retry_after if error.retry_after is not None else backoff
+        # At least a second between two requests, whatever Retry-After says (0, or a date already past): the
+        # wait has no attempt limit, and a proxy answering at once must not be flooded for minutes.
+        wait = max(error.retry_after, MIN_SCALE_UP_DELAY) if error.retry_after is not None else backoff
         return min(wait, remaining)
 
     def succeeded(self) -> None:

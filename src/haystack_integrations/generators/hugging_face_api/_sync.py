@@ -30,7 +30,7 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from ._core import ClientCore, Deliver, Driver, Effect, Exchange, Flow, T
 from ._generation import StreamState
-from ._http import Answer, BoundedBody, Request, proxy_for, ssl_context
+from ._http import Answer, BoundedBody, Request, is_event_stream, proxy_for, ssl_context
 from ._routing import Route
 from .errors import APIConnectionError, APITimeoutError, HuggingFaceAPIError, ResponseFormatError
 
@@ -166,7 +166,7 @@ class SyncClient:
             return _translate(error, request.where)
         reusable = False  # whether the connection may serve another request: the body was read to its end
         try:
-            if stream is None or response.status >= 300:
+            if stream is None or response.status >= 300 or not is_event_stream(response.headers):
                 answer = self._read_whole(request, response)
                 reusable = isinstance(answer, Answer)
                 return answer
