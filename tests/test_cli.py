@@ -434,3 +434,27 @@ def test_a_batch_against_a_cold_endpoint_says_so_on_its_progress_bar(
     assert "3/3 answered" in err
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["reply"] for r in records] == ["Natural Language Processing is a field."] * 3
+
+
+def test_stop_understands_escapes_as_the_readme_writes_them(capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeTGI(tokens=["line one", "\n", "line two"]) as server:
+        assert main(["hi", "--url", server.url, "--stop", r"\n", "--no-stream"]) == 0
+        assert server.requests[-1].json["parameters"]["stop"] == ["\n"]
+    assert capsys.readouterr().out == "line one\n"
+
+
+@pytest.mark.parametrize(
+    ("fault", "hint"),
+    [
+        (Fault.status(400, {"error": "Bad Request: Invalid state"}), "resume the Inference Endpoint"),
+        (Fault.redirect(301, "https://elsewhere.example/info"), "set --url to the address the redirect points to"),
+    ],
+)
+def test_endpoint_and_redirect_failures_have_their_own_hints(
+    fault: Fault, hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeTGI() as server:
+        server.faults_for("GET", "/info").append(fault)
+        assert main(["hi", "--url", server.url, "--api-type", "inference_endpoints"]) == 1
+    lines = stderr_lines(capsys)
+    assert lines[-1] == f"hint: {hint}" or lines[-1].startswith(f"hint: {hint}")

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -36,10 +37,13 @@ from .errors import (
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
+    EndpointNotReadyError,
+    EndpointPausedError,
     HuggingFaceAPIError,
     NotFoundError,
     OverloadedError,
     ProviderResolutionError,
+    RedirectError,
     ServerError,
 )
 from .generator import HuggingFaceAPIGenerator
@@ -114,7 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     generation.add_argument(
         "--generation-kwargs", type=_json_object, default={}, metavar="JSON", help="e.g. '{\"top_k\": 10}'"
     )
-    generation.add_argument("--stop", action="append", default=None, metavar="WORD", help="a stop word (repeatable)")
+    generation.add_argument(
+        "--stop",
+        action="append",
+        default=None,
+        type=_unescape,
+        metavar="WORD",
+        help=r"a stop word (repeatable); \n, \t, \r and \\ stand for a newline, a tab, a carriage return, a backslash",
+    )
     generation.add_argument("--no-stream", action="store_true", help="print the reply at the end instead of streaming")
     generation.add_argument("--json", action="store_true", help="print the result (replies and meta) as JSON")
     batch = parser.add_argument_group("batch")
@@ -131,6 +142,14 @@ def _parser() -> argparse.ArgumentParser:
         help="print the generator's warnings (retries ...) as they happen, and the traceback of a failure",
     )
     return parser
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def _unescape(word: str) -> str:
+    r"""`--stop '\n'` means a newline: shells pass the two characters, as they do for printf's escapes."""
+    return re.sub(r"\\([ntr\\])", lambda match: _ESCAPES[match.group(1)], word)
 
 
 def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -454,7 +473,16 @@ def _hint(error: BaseException) -> str | None:
     if isinstance(error, APIConnectionError):
         return "check that the server is running and reachable at --url (or the pipeline's url)"
     if isinstance(error, AuthenticationError):
-        return "check the token: HF_TOKEN / HF_API_TOKEN (sent to Hugging Face hosts only) and its permissions"
+        return (
+            "check the token: HF_TOKEN / HF_API_TOKEN (sent to Hugging Face hosts only), or --token-env VAR for "
+            "another server, and its permissions"
+        )
+    if isinstance(error, RedirectError):
+        return "set --url to the address the redirect points to (redirects are never followed)"
+    if isinstance(error, EndpointPausedError):
+        return "resume the Inference Endpoint (its page on huggingface.co/endpoints), then run this again"
+    if isinstance(error, EndpointNotReadyError):
+        return "the endpoint is still starting: run this again in a while (api_params['scale_up_timeout'] waits longer)"
     if isinstance(error, NotFoundError):
         return "check --url (the server's base URL) and --model"
     if isinstance(error, ProviderResolutionError):
