@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ssl
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
@@ -22,7 +23,17 @@ import aiohttp
 
 from ._core import ClientCore, Deliver, Driver, Effect, Exchange, Flow, T
 from ._generation import StreamState
-from ._http import Answer, BoundedBody, Proxy, Request, is_event_stream, proxy_for, ssl_context
+from ._http import (
+    DRAIN_BYTES,
+    DRAIN_SECONDS,
+    Answer,
+    BoundedBody,
+    Proxy,
+    Request,
+    is_event_stream,
+    proxy_for,
+    ssl_context,
+)
 from ._routing import Route
 from .errors import APIConnectionError, APITimeoutError, HuggingFaceAPIError, ResponseFormatError
 
@@ -123,6 +134,25 @@ def _run_now(step: Coroutine[Any, Any, Any] | Awaitable[Any]) -> None:
     step.close()  # type: ignore[union-attr]
 
 
+#: Closing tasks of orphaned sessions: the event loop keeps only weak references to tasks.
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+def _close_orphaned_sessions(loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]) -> None:
+    """For a client garbage-collected without `close()`: each loop's sessions are closed on that loop."""
+
+    def close_on(state: _LoopState) -> None:
+        task = asyncio.get_running_loop().create_task(state.close())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+
+    for loop, state in list(loops.items()):
+        try:
+            loop.call_soon_threadsafe(close_on, state)
+        except RuntimeError:  # the loop is closed
+            state.abandon()
+
+
 class AsyncClient:
     """Runs a generator's flows on the running event loop; usable from several loops, one session each."""
 
@@ -131,6 +161,9 @@ class AsyncClient:
         self._lock = threading.Lock()  # guards `_loops` (loops may run in different threads)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
         self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+        self._ssl_context: ssl.SSLContext | None = None  # shared by the sessions of every loop
+        # Dropped without close(): its sessions are closed on their loops all the same (not at exit, though).
+        weakref.finalize(self, _close_orphaned_sessions, self._loops).atexit = False
         # The loop used last (weakly) and its state: spares a weak-dictionary lookup per request.
         self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopState] | None = None
 
@@ -207,22 +240,27 @@ class AsyncClient:
         self._last = (weakref.ref(loop), state)
         return state
 
-    def _session(self, base: str) -> tuple[aiohttp.ClientSession, _ProxyRoute]:
+    async def _session(self, base: str) -> tuple[aiohttp.ClientSession, _ProxyRoute]:
         """This loop's session for the server at `base`, and how its requests reach it."""
         state = self._state()
         entry = state.sessions.get(base)
         if entry is None:
             proxy = proxy_for(base)
             tls = base.startswith("https:") or (proxy is not None and proxy.url.startswith("https:"))
-            connector = aiohttp.TCPConnector(
-                limit=CONNECTION_LIMIT, limit_per_host=0, ssl=ssl_context(self._core.settings.verify) if tls else True
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                trust_env=False,
-                skip_auto_headers=("Accept-Encoding",),  # as the sync client: no compressed streams
-            )
-            entry = state.sessions[base] = (session, _ProxyRoute.to(base, proxy))
+            tls_option: ssl.SSLContext | bool = True  # plain http: aiohttp needs no context
+            if tls:
+                if self._ssl_context is None:  # loading the CA bundle takes ~15 ms: once, and off the loop
+                    self._ssl_context = await asyncio.to_thread(ssl_context, self._core.settings.verify)
+                tls_option = self._ssl_context
+            entry = state.sessions.get(base)  # another task may have made it meanwhile
+            if entry is None:
+                connector = aiohttp.TCPConnector(limit=CONNECTION_LIMIT, limit_per_host=0, ssl=tls_option)
+                session = aiohttp.ClientSession(
+                    connector=connector,
+                    trust_env=False,
+                    skip_auto_headers=("Accept-Encoding",),  # as the sync client: no compressed streams
+                )
+                entry = state.sessions[base] = (session, _ProxyRoute.to(base, proxy))
         return entry
 
     def _timeout(self, connect: float, read: float) -> aiohttp.ClientTimeout:
@@ -239,7 +277,7 @@ class AsyncClient:
         goes to `stream`, its chunks to `callback`, whose own exceptions propagate untouched. Cancelling
         the task closes the connection at once, which stops a server that is still generating.
         """
-        session, route = self._session(request.base)
+        session, route = await self._session(request.base)
         headers = request.headers if route.forwarded_headers is None else {**request.headers, **route.forwarded_headers}
         try:
             response = await session.request(
@@ -285,10 +323,14 @@ class AsyncClient:
 
     @staticmethod
     async def _drain(content: aiohttp.StreamReader) -> bool:
-        """Reads what follows a stream's last event (its end marker); True when the body ended cleanly."""
+        """Reads what follows a stream's last event (its end marker), briefly; True when the body ended cleanly."""
         try:
-            while await content.readany():
-                pass
+            async with asyncio.timeout(DRAIN_SECONDS):
+                received = 0
+                while block := await content.readany():
+                    received += len(block)
+                    if received > DRAIN_BYTES:
+                        return False
         except _LIBRARY_ERRORS:
             return False
         return True

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
@@ -113,6 +113,22 @@ def _user_agent() -> str:
 _USER_AGENT = _user_agent()
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What requests to one server carry: headers (with a JSON body too), the proxy's hold, endpoint or not."""
+
+    headers: dict[str, str]
+    post_headers: dict[str, str]
+    held: float
+    endpoint: bool
+
+
+def _merge_headers(base: dict[str, str], winners: Mapping[str, str]) -> dict[str, str]:
+    """`base` updated with `winners`; header names are case-insensitive, so a name is never sent twice."""
+    taken = {name.lower() for name in winners}
+    return {**{name: value for name, value in base.items() if name.lower() not in taken}, **winners}
+
+
 def _nothing_delivered() -> str:
     return ""
 
@@ -125,7 +141,7 @@ class ClientCore:
         self.settings = settings
         self._token = token
         self._credentials: Credentials | None = None
-        self._targets: dict[str, tuple[dict[str, str], float, bool]] = {}  # per server base URL
+        self._targets: dict[str, _Target] = {}  # per server base URL
         self.policy = RetryPolicy(max_retries=settings.max_retries, scale_up_timeout=settings.scale_up_timeout)
         #: The resolved route, once known.
         self.route: Route | None = None
@@ -148,45 +164,43 @@ class ClientCore:
         """Server text without the token in use."""
         return self.credentials.redact(text)
 
-    def _target(self, base: str) -> tuple[dict[str, str], float, bool]:
-        """
-        For requests to the server at `base`: the headers, how long its proxy may hold a request, and whether
-        it is an Inference Endpoint.
-        """
+    def _target(self, base: str) -> _Target:
+        """How requests to the server at `base` look: computed once per server."""
         target = self._targets.get(base)
         if target is None:
             settings = self.settings
-            headers = {**settings.headers, "User-Agent": _USER_AGENT}
-            authorization = self.credentials.authorization(base)
-            if authorization:
-                headers["Authorization"] = authorization
-            if settings.bill_to:
-                headers["X-HF-Bill-To"] = settings.bill_to
             endpoint = (
                 settings.api_type is HFGenerationAPIType.INFERENCE_ENDPOINTS
                 and settings.url is not None
                 and origin_of(base) == origin_of(settings.url)
             )
             held = settings.scale_up_timeout if endpoint else 0.0
-            if held:
-                # The endpoint's proxy then holds the request until a replica is ready, instead of a 503.
-                headers["X-Scale-Up-Timeout"] = f"{held:g}"
-            target = self._targets[base] = (headers, held, endpoint)
+            # The user's headers win over our User-Agent; ours win for what the protocol and the policy need.
+            ours: dict[str, str] = {}
+            if authorization := self.credentials.authorization(base):
+                ours["Authorization"] = authorization
+            if settings.bill_to:
+                ours["X-HF-Bill-To"] = settings.bill_to
+            if held:  # the endpoint's proxy then holds the request until a replica is ready, instead of a 503
+                ours["X-Scale-Up-Timeout"] = f"{held:g}"
+            headers = _merge_headers(_merge_headers({"User-Agent": _USER_AGENT}, settings.headers), ours)
+            post_headers = _merge_headers(headers, {"Content-Type": "application/json"})
+            target = self._targets[base] = _Target(headers, post_headers, held, endpoint)
         return target
 
     def _request(
         self, method: str, base: str, path: str, body: Any = None, redirect_hint: str | None = None
     ) -> Request:
-        headers, held, endpoint = self._target(base)
-        data = None
+        target = self._target(base)
+        headers, data = target.headers, None
         if body is not None:
-            headers = {**headers, "Content-Type": "application/json"}
-            data = json.dumps(body, ensure_ascii=False).encode()
+            headers, data = target.post_headers, json.dumps(body, ensure_ascii=False).encode()
         url = base + path
         hint = redirect_hint or "set api_params['url'] to the address the redirect points to"
+        first_byte = self._read + target.held
         where = f"{method} {url}"
         return Request(
-            method, base, url, headers, data, self._connect, self._read, self._read + held, where, hint, endpoint
+            method, base, url, headers, data, self._connect, self._read, first_byte, where, hint, target.endpoint
         )
 
     # --- route resolution ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -27,6 +27,10 @@ from .errors import RedirectError, ResponseFormatError, error_from_response
 
 #: A one-piece answer (or an error body) larger than this is refused rather than held in memory.
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+#: After a stream's last event, how long and how much to read for its end marker, which lets the connection
+#: serve another request; a server that keeps the body open longer gets its connection closed instead.
+DRAIN_SECONDS = 1.0
+DRAIN_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +41,8 @@ class Request:
     #: The server's base URL (what clients keep a connection pool for); `url` starts with it.
     base: str
     url: str
-    headers: Mapping[str, str]
-    body: bytes | None
+    headers: Mapping[str, str] = field(repr=False)  # carries the token: never in a repr (error trackers print them)
+    body: bytes | None = field(repr=False)
     #: Seconds to connect, and to wait for each read once the answer has started.
     connect_timeout: float
     read_timeout: float

@@ -30,7 +30,7 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from ._core import ClientCore, Deliver, Driver, Effect, Exchange, Flow, T
 from ._generation import StreamState
-from ._http import Answer, BoundedBody, Request, is_event_stream, proxy_for, ssl_context
+from ._http import DRAIN_BYTES, DRAIN_SECONDS, Answer, BoundedBody, Request, is_event_stream, proxy_for, ssl_context
 from ._routing import Route
 from .errors import APIConnectionError, APITimeoutError, HuggingFaceAPIError, ResponseFormatError
 
@@ -182,7 +182,7 @@ class SyncClient:
                     return _translate(error, request.where)
                 if (chunk := stream.feed(block)) is not None:
                     callback(chunk)  # type: ignore[misc]  # a stream always comes with a callback
-            reusable = self._drain(blocks) if stream.should_drain else stream.at_eof
+            reusable = self._drain(response, blocks) if stream.should_drain else stream.at_eof
             return Answer(response.status, response.headers)
         finally:
             if not reusable:  # closing also stops a server that is still generating
@@ -190,11 +190,18 @@ class SyncClient:
             response.release_conn()
 
     @staticmethod
-    def _drain(blocks: Iterator[bytes]) -> bool:
-        """Reads what follows a stream's last event (its end marker); True when the body ended cleanly."""
+    def _drain(response: urllib3.BaseHTTPResponse, blocks: Iterator[bytes]) -> bool:
+        """Reads what follows a stream's last event (its end marker), briefly; True when the body ended cleanly."""
+        sock = getattr(response.connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(DRAIN_SECONDS)
+        deadline = time.monotonic() + DRAIN_SECONDS
+        received = 0
         try:
-            for _ in blocks:
-                pass
+            for block in blocks:
+                received += len(block)
+                if received > DRAIN_BYTES or time.monotonic() > deadline:
+                    return False
         except HTTPError:
             return False
         return True
