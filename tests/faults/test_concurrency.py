@@ -118,7 +118,7 @@ def test_close_from_async_code_never_drives_another_loop() -> None:
             await generator.close_async()
 
         asyncio.run(main())
-        assert server.open_connections == 1  # other's connection: only `other` may close it
+        assert server.wait_open_connections(1)  # other's connection: only `other` may close it
         other.run_until_complete(generator.close_async())
         other.close()
         assert wait_for(lambda: server.open_connections == 0)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
-from functools import partial
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from haystack.dataclasses import ComponentInfo, StreamingChunk
 from haystack.utils import Secret
@@ -32,7 +32,7 @@ from ._auth import Credentials, origin_of
 from ._config import APISettings, HFGenerationAPIType
 from ._generation import GenerationRequest, StreamState, reply_from_generation
 from ._http import Answer, Request, is_event_stream, json_body, raise_for_status
-from ._retry import RetryPolicy
+from ._retry import RetryBudget, RetryPolicy
 from ._routing import (
     Probe,
     ProbeAnswer,
@@ -127,10 +127,6 @@ def _merge_headers(base: dict[str, str], winners: Mapping[str, str]) -> dict[str
     """`base` updated with `winners`; header names are case-insensitive, so a name is never sent twice."""
     taken = {name.lower() for name in winners}
     return {**{name: value for name, value in base.items() if name.lower() not in taken}, **winners}
-
-
-def _nothing_delivered() -> str:
-    return ""
 
 
 class ClientCore:
@@ -236,7 +232,7 @@ class ClientCore:
             probe = next(decision)
             while True:
                 request = self._probe_request(probe)
-                answer = yield from self._with_retries(request.where, partial(self._probe, request), _nothing_delivered)
+                answer = yield from self._send(request, self._read_probe, ())
                 probe = decision.send(answer)
         except StopIteration as decided:
             route: Route = decided.value
@@ -250,9 +246,8 @@ class ClientCore:
         assert self.settings.url is not None
         return self._request("GET", server_base_url(self.settings.url), probe.path)
 
-    def _probe(self, request: Request) -> Flow[ProbeAnswer]:
+    def _read_probe(self, request: Request, answer: Answer) -> ProbeAnswer:
         try:
-            answer: Answer = yield Exchange(request)
             raise_for_status(request, answer, self.redact)
             return ProbeAnswer(answer.status, json_body(request, answer))
         except HuggingFaceAPIError as error:
@@ -287,45 +282,61 @@ class ClientCore:
         body = protocol.build_body(request.prompt, request.params, request.stop_words, stream=stream)
         http = self._request("POST", route.base_url, protocol.path(stream), body)
         if not stream:
-
-            def one_piece() -> Flow[tuple[str, dict[str, Any]]]:
-                answer: Answer = yield Exchange(http)
-                raise_for_status(http, answer, self.redact)
-                generation = protocol.parse_generation(json_body(http, answer), answer.headers.get("x-prompt-tokens"))
-                return reply_from_generation(generation, request, protocol, route.model, http.where)
-
-            return (yield from self._with_retries(http.where, one_piece, _nothing_delivered))
+            return (yield from self._send(http, self._read_reply, (route, request)))
         state = StreamState(request, protocol, route.model, component_info, http.where, self.redact)
-
-        def streamed() -> Flow[StreamingChunk]:
-            state.reset()
-            try:
-                answer: Answer = yield Exchange(http, state)
-                raise_for_status(http, answer, self.redact)
-                if not is_event_stream(answer.headers):  # e.g. a gateway that ignores `stream: true`
-                    kind = answer.headers.get("content-type")
-                    raise ResponseFormatError(
-                        f"{http.where} answered a streamed request with {kind}, not server-sent events"
-                    ).quoting(answer.body)
-                state.raise_failure()
-            except HuggingFaceAPIError as error:
-                if not state.complete:  # a broken tail after the final event does not undo a complete reply
-                    raise state.interrupted_by(error)  # noqa: B904 (the cause is set when it is a new error)
-            return state.final_chunk()  # IncompleteStreamError when the stream ended early
-
-        final = yield from self._with_retries(http.where, streamed, lambda: state.delivered)
+        final = yield from self._send(http, self._read_stream, (state,), state)
         yield Deliver(final)
         return state.delivered, state.meta()
 
-    def _with_retries(self, where: str, attempt: Callable[[], Flow[T]], delivered: Callable[[], str]) -> Flow[T]:
-        """Runs `attempt` until it succeeds or fails in a way `_retry` says is not worth another try."""
-        budget = self.policy.budget(where)
+    def _read_reply(
+        self, http: Request, answer: Answer, route: Route, request: GenerationRequest
+    ) -> tuple[str, dict[str, Any]]:
+        raise_for_status(http, answer, self.redact)
+        protocol = route.protocol
+        generation = protocol.parse_generation(json_body(http, answer), answer.headers.get("x-prompt-tokens"))
+        return reply_from_generation(generation, request, protocol, route.model, http.where)
+
+    def _read_stream(self, http: Request, answer: Answer, state: StreamState) -> StreamingChunk:
+        raise_for_status(http, answer, self.redact)
+        if not is_event_stream(answer.headers):  # e.g. a gateway that ignores `stream: true`
+            kind = answer.headers.get("content-type")
+            error = ResponseFormatError(f"{http.where} answered a streamed request with {kind}, not server-sent events")
+            raise error.quoting(answer.body)
+        state.raise_failure()
+        return state.final_chunk()  # IncompleteStreamError when the stream ended early
+
+    def _send(
+        self,
+        request: Request,
+        read: Callable[..., T],
+        args: tuple[Any, ...],
+        stream: StreamState | None = None,
+    ) -> Flow[T]:
+        """
+        Sends `request` until `read(request, answer, *args)` gives a result, or a failure is not worth another
+        try (`_retry` decides). With `stream`, the body goes to it; a broken tail after its final event does
+        not undo a complete reply, and nothing is tried again once text reached the callback.
+        """
+        started = time.monotonic()
+        budget: RetryBudget | None = None  # made at the first failure: most calls never need one
         while True:
+            if stream is not None:
+                stream.reset()
             try:
-                result = yield from attempt()
-            except HuggingFaceAPIError as error:
+                answer: Answer = yield Exchange(request, stream)
+                return self._succeeded(budget, read(request, answer, *args))
+            except HuggingFaceAPIError as failure:
+                error = failure
+                if stream is not None:
+                    if stream.complete:
+                        return self._succeeded(budget, cast(T, stream.final_chunk()))  # a stream reads a chunk
+                    error = stream.interrupted_by(failure)
                 error.redact(self.redact)  # before it is logged or raised: servers echo what they received
-                yield Sleep(budget.wait_before_retry(error, delivered()))
-            else:
-                budget.succeeded()
-                return result
+                budget = budget or self.policy.budget(request.where, started)
+                yield Sleep(budget.wait_before_retry(error, "" if stream is None else stream.delivered))
+
+    @staticmethod
+    def _succeeded(budget: RetryBudget | None, result: T) -> T:
+        if budget is not None:
+            budget.succeeded()  # ends (and logs the end of) a scale-up wait
+        return result

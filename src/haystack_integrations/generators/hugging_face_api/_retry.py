@@ -67,9 +67,11 @@ class RetryPolicy:
     #: Backoff while an endpoint scales up: from 1 s, doubling, up to this.
     max_scale_up_delay: float = 15.0
 
-    def budget(self, where: str, clock: Callable[[], float] = time.monotonic) -> RetryBudget:
-        """The retries of one call (a route probe or a generation), starting now."""
-        return RetryBudget(self, where, clock)
+    def budget(
+        self, where: str, started: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> RetryBudget:
+        """The retries of one call (a route probe or a generation) that began at `started` (default: now)."""
+        return RetryBudget(self, where, clock, started)
 
 
 class RetryBudget:
@@ -77,11 +79,13 @@ class RetryBudget:
 
     __slots__ = ("_attempts", "_clock", "_policy", "_scale_up_waits", "_started", "_waiting_since", "_where")
 
-    def __init__(self, policy: RetryPolicy, where: str, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, policy: RetryPolicy, where: str, clock: Callable[[], float], started: float | None = None
+    ) -> None:
         self._policy = policy
         self._where = where
         self._clock = clock
-        self._started = clock()
+        self._started = clock() if started is None else started
         self._attempts = 0
         self._scale_up_waits = 0
         self._waiting_since: float | None = None
