@@ -264,29 +264,27 @@ class ClientCore:
         One reply: through `route`, or its fallback when the server lacks the route; streamed (chunks
         delivered as they come) or in one piece.
         """
-        try:
-            reply = yield from self._generate_via(route, request, stream, component_info)
-        except HuggingFaceAPIError as error:
-            route = route.after_failure(error)  # re-raises unless there is a fallback for this error
-            reply = yield from self._generate_via(route, request, stream, component_info)
-        confirmed = route.confirmed()
-        if confirmed is not self.route:
-            self.route = confirmed
-        return reply
-
-    def _generate_via(
-        self, route: Route, request: GenerationRequest, stream: bool, component_info: ComponentInfo | None
-    ) -> Flow[tuple[str, dict[str, Any]]]:
-        route.check(request.params, request.stop_words)
-        protocol = route.protocol
-        body = protocol.build_body(request.prompt, request.params, request.stop_words, stream=stream)
-        http = self._request("POST", route.base_url, protocol.path(stream), body)
-        if not stream:
-            return (yield from self._send(http, self._read_reply, (route, request)))
-        state = StreamState(request, protocol, route.model, component_info, http.where, self.redact)
-        final = yield from self._send(http, self._read_stream, (state,), state)
-        yield Deliver(final)
-        return state.delivered, state.meta()
+        while True:
+            route.check(request.params, request.stop_words)
+            protocol = route.protocol
+            body = protocol.build_body(request.prompt, request.params, request.stop_words, stream=stream)
+            http = self._request("POST", route.base_url, protocol.path(stream), body)
+            del body  # not kept alive while the request is in flight
+            try:
+                if not stream:
+                    reply = yield from self._send(http, self._read_reply, (route, request))
+                else:
+                    state = StreamState(request, protocol, route.model, component_info, http.where, self.redact)
+                    final = yield from self._send(http, self._read_stream, (state,), state)
+                    yield Deliver(final)
+                    reply = state.delivered, state.meta()
+            except HuggingFaceAPIError as error:
+                route = route.after_failure(error)  # re-raises unless there is a fallback for this error
+                continue
+            confirmed = route.confirmed()
+            if confirmed is not self.route:
+                self.route = confirmed
+            return reply
 
     def _read_reply(
         self, http: Request, answer: Answer, route: Route, request: GenerationRequest
