@@ -562,7 +562,8 @@ def main() -> None:
     )
     parser.add_argument("--import-reps", type=int, default=5)
     parser.add_argument("--rss-calls", type=int, default=1000)
-    parser.add_argument("--local-reps", type=int, default=8)  # the model server varies by ±25% request to request on 2 cores
+    # The model server varies by ±25% from request to request on 2 cores: enough pairs for a stable median.
+    parser.add_argument("--local-reps", type=int, default=8)
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument(
         "--quick",
