@@ -265,7 +265,8 @@ class LocalModelServer:
     Usage::
 
         with LocalModelServer(port=8081) as server:
-            httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 8})
+            generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": server.url, "protocol": "chat"})
+            generator.run("Hi", generation_kwargs={"max_new_tokens": 8})
     """
 
     def __init__(
