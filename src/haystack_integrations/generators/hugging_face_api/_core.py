@@ -130,8 +130,11 @@ def _merge_headers(base: dict[str, str], winners: Mapping[str, str]) -> dict[str
 
 
 class ClientCore:
-    """The decisions of one generator, shared by its sync and async clients. Thread-safe: its state is
-    one reference (the route), replaced whole."""
+    """
+    The decisions of one generator, shared by its sync and async clients. Safe to share between threads:
+    the route is one reference, replaced whole; the resolution count and its failure change only under a
+    client's route lock; the per-server caches are filled idempotently (a race computes the same value twice).
+    """
 
     def __init__(self, settings: APISettings, token: Secret | None) -> None:
         self.settings = settings
