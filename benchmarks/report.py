@@ -341,7 +341,14 @@ def targets(
     header = ["target", "goal", *(label for _, _, label in columns)]
     specs = [
         ("CPU per call, `run`", f"≤ {TARGET_CALL}× raw urllib3", False, "call", TARGET_CALL, True),
-        ("CPU per call, `run_async`", f"≤ {TARGET_CALL}× raw aiohttp", True, "call", TARGET_CALL, True),
+        (
+            "CPU per call, `run_async`",
+            f"≤ {TARGET_CALL}× raw aiohttp (added here; issue 13 sets it for `run`)",
+            True,
+            "call",
+            TARGET_CALL,
+            True,
+        ),
         ("CPU per streamed token, `run`", f"≤ {TARGET_STREAM}× raw urllib3", False, "burst", TARGET_STREAM, True),
         ("CPU per streamed token, `run_async`", f"≤ {TARGET_STREAM}× raw aiohttp", True, "burst", TARGET_STREAM,
          True),
