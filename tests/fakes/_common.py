@@ -899,7 +899,62 @@ class _HTTPServer(ThreadingHTTPServer):
 Route = tuple[str, "re.Pattern[str]", Callable[..., None]]
 
 
-class FakeServer:
+class ServedInThread:
+    """Starting and stopping a threaded server on 127.0.0.1 in a daemon thread (the fakes, the forward proxy).
+
+    Subclasses make the server in :meth:`_new_server`; it must offer ``close_connections()`` and
+    ``join_handlers(timeout)`` besides socketserver's ``serve_forever`` / ``shutdown`` / ``server_close``.
+    """
+
+    _server: Any = None
+    _thread: threading.Thread | None = None
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()  # set while stopping: wakes handlers that sleep
+
+    def _new_server(self) -> Any:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        self._server = self._new_server()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, name=type(self).__name__, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: close the listening socket and every open connection (idempotent), and wait for the
+        connection threads (2 s at most)."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._stopping.set()
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        if thread is not None:
+            thread.join(timeout=5)
+        server.join_handlers(timeout=2)
+        self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return int(self._server.server_address[1])
+
+
+class FakeServer(ServedInThread):
     """Base class of the fakes: lifecycle, recording, faults, routing.
 
     Usable as a context manager or with :meth:`start` / :meth:`stop`. Subclasses declare routes with
@@ -953,47 +1008,11 @@ class FakeServer:
         self._aborted: list[AbortedStream] = []
         self._observed = threading.Condition()  # notified on connection and aborted-stream changes
         self._routes: list[Route] = []
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        super().__init__()
 
-    # Lifecycle ----------------------------------------------------------------------------------
-    def start(self) -> Self:
-        if self._httpd is not None:
-            return self
-        self._stopping.clear()
-        self._httpd = _HTTPServer(self, None if self.tls is None else server_context(self.tls))
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, name=type(self).__name__, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving: close the listening socket and every open connection (idempotent)."""
-        httpd, thread = self._httpd, self._thread
-        if httpd is None:
-            return
-        self._stopping.set()  # wakes handlers sleeping in delays
-        httpd.shutdown()
-        httpd.server_close()
-        httpd.close_connections()
-        if thread is not None:
-            thread.join(timeout=5)
-        httpd.join_handlers(timeout=2)
-        self._httpd = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError(f"{type(self).__name__} is not started")
-        return int(self._httpd.server_address[1])
+    # Lifecycle (start, stop, context manager, port: ServedInThread) ------------------------------
+    def _new_server(self) -> _HTTPServer:
+        return _HTTPServer(self, None if self.tls is None else server_context(self.tls))
 
     @property
     def url(self) -> str:
@@ -1037,7 +1056,7 @@ class FakeServer:
         milliseconds after the client's connect() returned) until the server has seen it close: use
         :meth:`wait_open_connections` rather than reading this right after opening or closing one.
         """
-        httpd = self._httpd
+        httpd = self._server
         return httpd.open_connections if httpd is not None else 0
 
     def wait_open_connections(self, count: int, timeout: float = 2.0) -> bool:

@@ -41,8 +41,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.client import parse_headers
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
+
+from ._common import ServedInThread
 
 # Connection-level headers a proxy does not forward (RFC 9110 section 7.6.1), in lower case.
 _HOP_BY_HOP = frozenset(
@@ -382,13 +384,13 @@ class _ProxyServer(ThreadingHTTPServer):
         with self._lock:
             self._sockets.add(sock)
         if self.proxy._stopping.is_set():
-            self.close_sockets()
+            self.close_connections()
 
     def untrack(self, sock: socket.socket) -> None:
         with self._lock:
             self._sockets.discard(sock)
 
-    def close_sockets(self) -> None:
+    def close_connections(self) -> None:
         with self._lock:
             sockets = list(self._sockets)
             self._sockets.clear()
@@ -409,7 +411,7 @@ class _ProxyServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class ForwardProxy:
+class ForwardProxy(ServedInThread):
     """A threaded forward proxy on 127.0.0.1 (see the module docstring). Context manager, or
     :meth:`start` / :meth:`stop`.
 
@@ -430,48 +432,11 @@ class ForwardProxy:
         self.connect_timeout = connect_timeout
         self._requests: list[ProxiedRequest] = []
         self._requests_lock = threading.Lock()
-        self._server: _ProxyServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        super().__init__()
 
-    # Lifecycle ----------------------------------------------------------------------------------
-    def start(self) -> Self:
-        if self._server is not None:
-            return self
-        self._stopping.clear()
-        self._server = _ProxyServer(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, name="ForwardProxy", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop: close the listening socket, every client connection, tunnel and upstream connection
-        (idempotent), and wait for the connection threads (2 s at most)."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._stopping.set()
-        server.shutdown()
-        server.server_close()
-        server.close_sockets()
-        if thread is not None:
-            thread.join(timeout=5)
-        server.join_handlers(timeout=2)
-        self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("ForwardProxy is not started")
-        return int(self._server.server_address[1])
+    # Lifecycle (start, stop, context manager, port: ServedInThread) ------------------------------
+    def _new_server(self) -> _ProxyServer:
+        return _ProxyServer(self)
 
     @property
     def url(self) -> str:

@@ -290,7 +290,6 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "stop": (lambda v: _is_stop_list(v), "a list of non-empty strings"),
     "stop_sequences": (lambda v: _is_stop_list(v), "a list of non-empty strings"),
 }
-GENERATION_PARAMETERS = frozenset(_CHECKS)
 
 
 def _is_stop_list(value: Any) -> bool:
