@@ -1,0 +1,165 @@
+"""
+The sans-I/O core driven by hand: route decisions and the core's flows answered with values, no socket
+anywhere. What the sync and async clients do is exactly this, with HTTP in between.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from haystack_integrations.generators.hugging_face_api import (
+    APIConnectionError,
+    ProviderResolutionError,
+    RedirectError,
+)
+from haystack_integrations.generators.hugging_face_api._config import HFGenerationAPIType, parse_api_params
+from haystack_integrations.generators.hugging_face_api._core import ClientCore, Deliver, Driver, Exchange, Sleep
+from haystack_integrations.generators.hugging_face_api._generation import GenerationRequest
+from haystack_integrations.generators.hugging_face_api._http import Answer
+from haystack_integrations.generators.hugging_face_api._routing import (
+    Probe,
+    ProbeAnswer,
+    resolve_provider_route,
+    resolve_url_route,
+)
+
+URL = "http://server.test:8080"
+TGI_INFO = {"model_id": "org/tgi-model", "max_total_tokens": 4096, "max_stop_sequences": 4}
+
+
+def settings(**api_params: Any) -> Any:
+    """Validated settings for a server of one's own at URL."""
+    return parse_api_params(HFGenerationAPIType.TEXT_GENERATION_INFERENCE, {"url": URL, **api_params})
+
+
+def serverless(model: str) -> Any:
+    return parse_api_params(HFGenerationAPIType.SERVERLESS_INFERENCE_API, {"model": model})
+
+
+def json_answer(status: int, payload: Any, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, {"content-type": "application/json", **(headers or {})}, json.dumps(payload).encode())
+
+
+# --- the route decisions, answered by hand ---------------------------------------------------------
+
+
+def test_a_server_answering_info_like_tgi_gets_tgis_native_routes() -> None:
+    decision = resolve_url_route(settings())
+    assert next(decision) == Probe("server", "/info")
+    with pytest.raises(StopIteration) as decided:
+        decision.send(ProbeAnswer(200, TGI_INFO))
+    route = decided.value.value
+    assert (route.protocol.name, route.model, route.max_stop_sequences) == ("tgi", "org/tgi-model", 4)
+
+
+def test_a_server_without_info_gets_completions_with_a_chat_fallback_and_the_listed_model() -> None:
+    decision = resolve_url_route(settings())
+    assert next(decision) == Probe("server", "/info")
+    assert decision.send(ProbeAnswer(404)) == Probe("server", "/v1/models")
+    with pytest.raises(StopIteration) as decided:
+        decision.send(ProbeAnswer(200, {"data": [{"id": "served-model"}]}))
+    route = decided.value.value
+    assert route.protocol.name == "completions" and route.model == "served-model"
+    assert route.fallback is not None and route.fallback.name == "chat"
+
+
+def test_protocol_chat_with_a_model_needs_no_probe() -> None:
+    decision = resolve_url_route(settings(protocol="chat", model="m"))
+    with pytest.raises(StopIteration) as decided:
+        next(decision)
+    assert decided.value.value.protocol.name == "chat"
+
+
+def test_serverless_picks_a_live_text_generation_provider_from_the_hubs_mapping() -> None:
+    decision = resolve_provider_route(serverless("org/m"), has_token=True)
+    probe = next(decision)
+    assert probe.target == "hub" and probe.path.startswith("/api/models/org/m?")
+    mapping = {"inferenceProviderMapping": [
+        {"provider": "novita", "providerId": "org/m-novita", "status": "staging", "task": "text-generation"},
+        {"provider": "together", "providerId": "org/m-together", "status": "live", "task": "text-generation"},
+    ]}  # fmt: skip
+    with pytest.raises(StopIteration) as decided:
+        decision.send(ProbeAnswer(200, mapping))
+    route = decided.value.value
+    assert route.protocol.name == "completions" and route.protocol.model == "org/m-together"
+    assert route.protocol.generate_path == "/together/v1/completions"
+
+
+def test_serverless_without_a_token_fails_before_any_probe() -> None:
+    with pytest.raises(ProviderResolutionError, match="need a Hugging Face token"):
+        next(resolve_provider_route(serverless("org/m"), has_token=False))
+
+
+# --- the core's flows, answered by hand ---------------------------------------------------------------
+
+
+def run_by_hand(flow: Any, answers: list[Any]) -> tuple[Any, list[Any]]:
+    """Answers each Exchange with the next item of `answers` (an Answer, or an error to raise in the flow)."""
+    driver = Driver(flow)
+    effects: list[Any] = []
+    effect = driver.start()
+    while effect is not None:
+        effects.append(effect)
+        effect = driver.send(answers.pop(0) if isinstance(effect, Exchange) else None)
+    return driver.result, effects
+
+
+def test_route_resolution_waits_out_a_503_then_takes_tgis_route() -> None:
+    core = ClientCore(settings(), None)
+    answers = [json_answer(503, {"error": "loading"}, {"retry-after": "2"}), json_answer(200, TGI_INFO)]
+    route, effects = run_by_hand(core.resolution(core.resolutions), answers)
+    assert [type(e).__name__ for e in effects] == ["Exchange", "Sleep", "Exchange"]
+    assert isinstance(effects[1], Sleep) and effects[1].seconds == 2  # Retry-After
+    assert effects[0].request.url == f"{URL}/info"
+    assert route.protocol.name == "tgi" and core.route is route
+
+
+def test_a_redirect_during_resolution_is_raised_not_probed_around() -> None:
+    core = ClientCore(settings(), None)
+    with pytest.raises(RedirectError):
+        run_by_hand(core.resolution(0), [Answer(302, {"location": "https://elsewhere.test/info"})])
+
+
+def test_a_failed_resolution_is_shared_with_a_caller_that_waited_for_it() -> None:
+    core = ClientCore(settings(max_retries=0), None)
+    ticket = core.resolutions  # read by a second caller before it waits
+    with pytest.raises(APIConnectionError):
+        run_by_hand(core.resolution(core.resolutions), [APIConnectionError("down")])
+    with pytest.raises(APIConnectionError):
+        next(core.resolution(ticket))  # no new Exchange: the waiter gets the failure it waited for
+
+
+def test_generation_falls_back_to_chat_when_completions_is_missing_and_keeps_it() -> None:
+    core = ClientCore(settings(), None)
+    run_by_hand(core.resolution(0), [json_answer(404, {}), json_answer(200, {"data": [{"id": "m"}]})])
+    request = GenerationRequest("Hi", {"max_new_tokens": 8}, [], False)
+    chat = {"choices": [{"message": {"content": "Hello"}, "finish_reason": "stop"}], "model": "m"}
+    assert core.route is not None
+    (reply, meta), effects = run_by_hand(
+        core.generation(core.route, request, stream=False),
+        [json_answer(404, {"error": "no route"}), json_answer(200, chat)],
+    )
+    assert [e.request.url for e in effects] == [f"{URL}/v1/completions", f"{URL}/v1/chat/completions"]
+    assert reply == "Hello" and meta["protocol"] == "chat"
+    assert core.route.protocol.name == "chat" and core.route.fallback is None  # kept, once it worked
+
+
+def test_a_streamed_generation_delivers_its_last_chunk_as_an_effect() -> None:
+    core = ClientCore(settings(protocol="tgi", model="m"), None)
+    run_by_hand(core.resolution(0), [json_answer(200, TGI_INFO)])
+    request = GenerationRequest("Hi", {}, [], False)
+    final_event = {"index": 1, "token": {"id": 1, "text": "Hello", "logprob": 0, "special": False},
+                   "generated_text": "Hello", "details": {"finish_reason": "eos_token", "generated_tokens": 1}}  # fmt: skip
+    assert core.route is not None
+    driver = Driver(core.generation(core.route, request, stream=True))
+    exchange = driver.start()
+    assert isinstance(exchange, Exchange) and exchange.stream is not None
+    first = exchange.stream.feed(f"data: {json.dumps(final_event)}\n\n".encode())  # what a client does with bytes
+    assert first is not None and first.content == "Hello"
+    deliver = driver.send(Answer(200, {"content-type": "text/event-stream"}))
+    assert isinstance(deliver, Deliver) and deliver.chunk.finish_reason == "stop"
+    assert driver.send(None) is None
+    assert driver.result[0] == "Hello"
