@@ -185,10 +185,13 @@ def test_server_slower_than_the_read_timeout(tgi: FakeTGI, stream: bool) -> None
     assert time.monotonic() - started < 5
 
 
-def test_huge_answer_is_refused_not_buffered(tgi: FakeTGI) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_huge_answer_is_refused_not_buffered(tgi: FakeTGI, mode: str) -> None:
+    from tests.helpers import call
+
     tgi.faults.append(Fault.huge(MAX_RESPONSE_BYTES + 1024 * 1024))
     with pytest.raises(ResponseFormatError, match="more than"):
-        make(tgi.url, max_retries=0).run("q")
+        call(make(tgi.url, max_retries=0), mode, None)
 
 
 def test_413_payload_too_large_is_not_retried(tgi: FakeTGI) -> None:
