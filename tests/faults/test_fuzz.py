@@ -59,21 +59,22 @@ def test_stream_parser_gives_a_reply_or_a_documented_error(
 ) -> None:
     request = GenerationRequest("p", {}, stop_words, False)
     state = StreamState(request, protocol, "m", ComponentInfo(type="t"), "POST x", str)
-    delivered: list[str] = []
-    try:
-        for line in [*stream, ""]:
-            if (chunk := state.feed(line.encode() + b"\n")) is not None:
-                delivered.append(chunk.content)
-            if state.done:
-                break
-        state.raise_failure()
-        final = state.final_chunk()
-        delivered.append(final.content)
-    except HuggingFaceAPIError:
+    chunks = []
+    for line in [*stream, ""]:
+        chunks.extend(state.feed(line.encode() + b"\n"))
+        if state.done:
+            break
+    chunks.extend(state.feed(b""))  # the body ends
+    assert state.done
+    if state.failure is not None:
+        assert isinstance(state.failure, HuggingFaceAPIError)
         return
-    reply = "".join(delivered)
-    assert reply == state.delivered
+    reply = "".join(chunk.content for chunk in chunks)
+    assert reply == state.delivered == state.reply()[0]
     assert not any(word in reply for word in stop_words)
+    assert [chunk.finish_reason is not None or chunk.meta.keys() == {"model"} for chunk in chunks]
+    final = chunks[-1]
+    assert final.meta.get("protocol") == protocol.name  # the last chunk carries the reply's meta
     assert final.finish_reason in (None, "stop", "length", "content_filter", "tool_calls")
 
 

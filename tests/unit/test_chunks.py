@@ -18,7 +18,7 @@ def test_fast_path_is_active_and_chunks_equal_constructed_ones() -> None:
     assert FAST_CHUNKS, "Haystack's StreamingChunk changed: check _copy_chunk (the constructor is used meanwhile)"
     info = ComponentInfo(type="t", name="llm")
     state = StreamState(GenerationRequest("p", {}, [], False), TGIProtocol("m"), "m", info, "POST x", str)
-    chunks = [state.feed(event(word)) for word in ["a", "b", "c", "d"]]
+    chunks = [state.feed(event(word))[0] for word in ["a", "b", "c", "d"]]
     for position, chunk in enumerate(chunks):
         assert type(chunk) is StreamingChunk
         expected = StreamingChunk(
@@ -27,5 +27,4 @@ def test_fast_path_is_active_and_chunks_equal_constructed_ones() -> None:
         assert chunk == expected
         assert dataclasses.asdict(chunk) == dataclasses.asdict(expected)
     # Each chunk owns its meta: changing one does not change another.
-    assert chunks[2] is not None and chunks[3] is not None
     assert chunks[2].meta is not chunks[3].meta

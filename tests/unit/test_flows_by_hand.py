@@ -16,7 +16,8 @@ from haystack_integrations.generators.hugging_face_api import (
     RedirectError,
 )
 from haystack_integrations.generators.hugging_face_api._config import HFGenerationAPIType, parse_api_params
-from haystack_integrations.generators.hugging_face_api._core import ClientCore, Deliver, Driver, Exchange, Sleep
+from haystack_integrations.generators.hugging_face_api._core import ClientCore, Driver, Sleep
+from haystack_integrations.generators.hugging_face_api._exchange import Exchange
 from haystack_integrations.generators.hugging_face_api._generation import GenerationRequest
 from haystack_integrations.generators.hugging_face_api._http import Answer
 from haystack_integrations.generators.hugging_face_api._routing import (
@@ -147,19 +148,30 @@ def test_generation_falls_back_to_chat_when_completions_is_missing_and_keeps_it(
     assert core.route.protocol.name == "chat" and core.route.fallback is None  # kept, once it worked
 
 
-def test_a_streamed_generation_delivers_its_last_chunk_as_an_effect() -> None:
+def test_a_streamed_generations_chunks_come_from_its_exchange_one_per_event_the_last_with_meta() -> None:
     core = ClientCore(settings(protocol="tgi", model="m"), None)
     run_by_hand(core.resolution(0), [json_answer(200, TGI_INFO)])
     request = GenerationRequest("Hi", {}, [], False)
-    final_event = {"index": 1, "token": {"id": 1, "text": "Hello", "logprob": 0, "special": False},
-                   "generated_text": "Hello", "details": {"finish_reason": "eos_token", "generated_tokens": 1}}  # fmt: skip
+
+    def event(text: str, final: bool = False) -> str:
+        token = {"id": 1, "text": text, "logprob": 0, "special": False}
+        details = {"finish_reason": "eos_token", "generated_tokens": 2} if final else None
+        payload = {"index": 1, "token": token, "generated_text": "Hello world" if final else None, "details": details}
+        return f"data: {json.dumps(payload)}\n\n"
+
     assert core.route is not None
     driver = Driver(core.generation(core.route, request, stream=True))
     exchange = driver.start()
-    assert isinstance(exchange, Exchange) and exchange.stream is not None
-    first = exchange.stream.feed(f"data: {json.dumps(final_event)}\n\n".encode())  # what a client does with bytes
-    assert first is not None and first.content == "Hello"
-    deliver = driver.send(Answer(200, {"content-type": "text/event-stream"}))
-    assert isinstance(deliver, Deliver) and deliver.chunk.finish_reason == "stop"
-    assert driver.send(None) is None
-    assert driver.result[0] == "Hello"
+    assert isinstance(exchange, Exchange)
+    # What a client does: report the head, then the bytes as they came (here both events in one read).
+    exchange.receive_head(200, {"content-type": "text/event-stream"})
+    chunks = exchange.receive((event("Hello") + event(" world", final=True)).encode())
+    assert [c.content for c in chunks] == ["Hello", " world"]
+    assert chunks[0].start and chunks[0].finish_reason is None
+    assert chunks[1].finish_reason == "stop" and chunks[1].meta["usage"]["completion_tokens"] == 2
+    drain = exchange.next_read()  # the server ended the stream: its end marker is read, briefly
+    assert drain is not None and 0 < drain <= 1
+    assert exchange.receive(b"") == [] and exchange.next_read() is None
+    assert exchange.reusable  # the body ended cleanly: the connection may serve another request
+    assert driver.send(exchange.outcome) is None
+    assert driver.result[0] == "Hello world"

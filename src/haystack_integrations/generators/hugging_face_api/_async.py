@@ -1,11 +1,12 @@
 """
-The async client: runs the core's flows (`_core`) with aiohttp and `asyncio.sleep`. Only I/O lives here.
+The async client: runs the core's flows (`_core`) with aiohttp and `asyncio.sleep`. Only I/O lives here: a
+byte loop around each `Exchange`, and the table that names aiohttp's exceptions.
 
 An aiohttp `ClientSession` belongs to the event loop it was created in, so each loop gets its own:
 one per server, created inside the running loop on first use and closed there by `close()`. Proxies
 come from the environment through `_http.proxy_for` (not aiohttp's `trust_env`, which reads `~/.netrc`
-in a thread for every request), redirects are never followed, and aiohttp's exceptions become the
-package's in `_translate`, the one place that knows them.
+in a thread for every request), redirects are never followed, and aiohttp never sends a request again
+by itself (`_sent_once`): each attempt is exactly one request on one connection, as on the sync path.
 """
 
 from __future__ import annotations
@@ -20,44 +21,55 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError
 
-from ._core import ClientCore, Deliver, Driver, Exchange, Flow, T
-from ._generation import StreamState
-from ._http import (
-    DRAIN_BYTES,
-    DRAIN_SECONDS,
-    Answer,
-    BoundedBody,
-    Proxy,
-    Request,
-    is_event_stream,
-    proxy_for,
-    ssl_context,
-)
+from ._core import ClientCore, Driver, Flow, T
+from ._exchange import Exchange, Failure
+from ._http import Proxy, proxy_for, ssl_context
 from ._routing import Route
-from .errors import APIConnectionError, APITimeoutError, HuggingFaceAPIError, ResponseFormatError
 
 AsyncCallback = Callable[[Any], Awaitable[None] | None]
 
 #: Connections per server and event loop: enough for hundreds of requests in flight.
 CONNECTION_LIMIT = 1024
-_BLOCK = 64 * 1024
-_LIBRARY_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
-def _translate(error: BaseException, where: str) -> HuggingFaceAPIError:
-    """aiohttp's exceptions as ours, with a message that says what failed (never a header value)."""
+def _failure(error: BaseException) -> Failure:
+    """aiohttp's exceptions as the failures the exchange words."""
     if isinstance(error, aiohttp.ConnectionTimeoutError):
-        return APITimeoutError(f"{where} timed out while connecting (see api_params['timeout'])", phase="connect")
-    if isinstance(error, TimeoutError):  # aiohttp's socket read timeout, and any other
-        return APITimeoutError(f"{where} timed out waiting for the server (see api_params['timeout'])", phase="read")
+        return Failure.CONNECT_TIMEOUT
+    if isinstance(error, TimeoutError):  # aiohttp's socket read timeout, or the exchange's shorter wait
+        return Failure.READ_TIMEOUT
     if isinstance(error, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
-        return APIConnectionError(f"{where} could not connect through the proxy: {error}")
+        return Failure.PROXY
     if isinstance(error, aiohttp.ClientConnectorError):  # refused, unreachable, DNS, TLS verification
-        return APIConnectionError(f"{where} could not connect: {error}")
-    if isinstance(error, aiohttp.ClientResponseError):  # an answer aiohttp could not parse
-        return ResponseFormatError(f"{where} returned an answer that is not valid HTTP: {error.message}")
-    return APIConnectionError(f"{where} failed: the connection broke ({type(error).__name__}: {error})")
+        return Failure.CONNECT
+    if isinstance(error, aiohttp.ClientPayloadError) and isinstance(error.__cause__, ContentEncodingError):
+        return Failure.UNDECODABLE
+    return Failure.BROKEN  # the connection broke, or the answer is not HTTP
+
+
+class _NotResent(Exception):
+    """
+    Carries a connection error past aiohttp's own resend loop, which sends idempotent requests (our GET
+    probes) a second time after a reset: retries are the core's, counted against `max_retries`.
+    """
+
+    def __init__(self, error: aiohttp.ClientError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _sent_once(request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+    """The session's middleware: see `_NotResent`."""
+    try:
+        response: aiohttp.ClientResponse = await handler(request)
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as error:
+        raise _NotResent(error) from error
+    return response
+
+
+_LIBRARY_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,21 +193,16 @@ class AsyncClient:
         return route
 
     async def run(self, flow: Flow[T], callback: AsyncCallback | None = None) -> T:
-        """Runs `flow` to its end, performing its effects; `callback` receives the chunks it delivers."""
+        """Runs `flow` to its end, performing its effects; `callback` receives the chunks of its exchanges."""
         driver = Driver(flow)
         try:
             effect = driver.start()
             while effect is not None:  # the effects, performed here (one coroutine less per request in flight)
-                outcome = None
                 if isinstance(effect, Exchange):
-                    outcome = await self._exchange(effect.request, effect.stream, callback)
-                elif isinstance(effect, Deliver):
-                    result = callback(effect.chunk)  # type: ignore[misc]  # a delivery comes with a callback
-                    if result is not None and inspect.isawaitable(result):
-                        await result
+                    effect = driver.send(await self._exchange(effect, callback))
                 else:
                     await asyncio.sleep(effect.seconds)
-                effect = driver.send(outcome)
+                    effect = driver.send(None)
         finally:
             driver.close()
         return driver.result
@@ -256,6 +263,7 @@ class AsyncClient:
                     connector=connector,
                     trust_env=False,
                     skip_auto_headers=("Accept-Encoding",),  # as the sync client: no compressed streams
+                    middlewares=(_sent_once,),
                 )
                 entry = state.sessions[base] = (session, _ProxyRoute.to(base, proxy))
         return entry
@@ -268,14 +276,19 @@ class AsyncClient:
             )
         return timeout
 
-    async def _exchange(self, request: Request, stream: StreamState | None, callback: AsyncCallback | None) -> Any:
+    async def _exchange(self, exchange: Exchange, callback: AsyncCallback | None) -> Any:
         """
-        Sends `request`; returns its `Answer`, or the `HuggingFaceAPIError` it failed with. A stream's body
-        goes to `stream`, its chunks to `callback`, whose own exceptions propagate untouched. Cancelling
-        the task closes the connection at once, which stops a server that is still generating.
+        Performs one exchange: sends its request, reports what comes back, hands its chunks to `callback`
+        (whose own exceptions propagate untouched); returns its outcome. Cancelling the task closes the
+        connection at once, which stops a server that is still generating.
+
+        aiohttp's own read timeout is the exchange's longest wait (the head); a shorter wait that the exchange
+        asks for (reads after a held head, the drain) is enforced around that read.
         """
+        request = exchange.request
         session, route = await self._session(request.base)
         headers = request.headers if route.forwarded_headers is None else {**request.headers, **route.forwarded_headers}
+        longest = exchange.head_timeout
         try:
             response = await session.request(
                 request.method,
@@ -285,64 +298,35 @@ class AsyncClient:
                 allow_redirects=False,
                 proxy=route.proxy,
                 proxy_headers=route.tunnel_headers,
-                timeout=self._timeout(request.connect_timeout, request.first_byte_timeout),
+                timeout=self._timeout(exchange.connect_timeout, longest),
             )
+        except _NotResent as wrapped:
+            exchange.fail(_failure(wrapped.error), str(wrapped.error))
+            return exchange.outcome
         except _LIBRARY_ERRORS as error:
-            return _translate(error, request.where)
-        reusable = False  # whether the connection may serve another request: the body was read to its end
+            exchange.fail(_failure(error), str(error))
+            return exchange.outcome
         try:
-            if stream is None or response.status >= 300 or not is_event_stream(response.headers):
-                answer = await self._read_whole(request, response)
-                reusable = isinstance(answer, Answer)
-                return answer
-            if request.first_byte_timeout != request.read_timeout:
-                protocol = response.connection.protocol if response.connection is not None else None
-                if protocol is not None:  # the answer has started: reads get the usual timeout, from now on
-                    protocol.read_timeout = request.read_timeout
-                    protocol.start_timeout()
+            exchange.receive_head(response.status, response.headers)
             content = response.content
-            while not stream.done:
+            while (timeout := exchange.next_read()) is not None:
                 try:
-                    block = await content.readany()
+                    if timeout < longest:
+                        async with asyncio.timeout(timeout):
+                            block = await content.readany()
+                    else:
+                        block = await content.readany()
                 except _LIBRARY_ERRORS as error:
-                    return _translate(error, request.where)
-                if (chunk := stream.feed(block)) is not None:
-                    result = callback(chunk)  # type: ignore[misc]  # a stream always comes with a callback
+                    chunks = exchange.fail(_failure(error), str(error) or type(error).__name__)
+                else:
+                    chunks = exchange.receive(block)
+                for chunk in chunks:
+                    result = callback(chunk)  # type: ignore[misc]  # chunks come only with a stream and its callback
                     if result is not None and inspect.isawaitable(result):
                         await result
-            reusable = await self._drain(content) if stream.should_drain else stream.at_eof
-            return Answer(response.status, response.headers)
         finally:
-            if reusable:
+            if exchange.reusable:
                 response.release()
             else:
                 response.close()
-
-    @staticmethod
-    async def _drain(content: aiohttp.StreamReader) -> bool:
-        """Reads what follows a stream's last event (its end marker), briefly; True when the body ended cleanly."""
-        try:
-            async with asyncio.timeout(DRAIN_SECONDS):
-                received = 0
-                while block := await content.readany():
-                    received += len(block)
-                    if received > DRAIN_BYTES:
-                        return False
-        except _LIBRARY_ERRORS:
-            return False
-        return True
-
-    @staticmethod
-    async def _read_whole(request: Request, response: aiohttp.ClientResponse) -> Answer | HuggingFaceAPIError:
-        try:
-            body = BoundedBody(request, response.headers)  # refuses a declared length over the limit
-            if response.content_length is not None:  # one read of what was declared: the common case
-                body.add(await response.content.read())
-            else:
-                async for part in response.content.iter_chunked(_BLOCK):
-                    body.add(part)
-        except _LIBRARY_ERRORS as error:
-            return _translate(error, request.where)
-        except HuggingFaceAPIError as error:  # too large
-            return error
-        return body.answer(response.status, response.headers)
+        return exchange.outcome

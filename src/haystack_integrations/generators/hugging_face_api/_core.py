@@ -3,11 +3,10 @@ What a generator does, written once for `run` and `run_async`: the sans-I/O core
 
 A *flow* is a generator that yields *effects* for a client to perform and receives their outcomes:
 
-- `Exchange(request, stream)`: send one HTTP request; the outcome is an `Answer`, or the
-  `HuggingFaceAPIError` the transport failed with (thrown into the flow). With `stream`, the client
-  feeds every block of the body to `stream` (a `StreamState`) and delivers the chunks it returns;
-- `Sleep(seconds)`: wait before a retry;
-- `Deliver(chunk)`: hand a chunk to the user's streaming callback.
+- an `Exchange` (`_exchange`): one HTTP attempt. The client sends its request and reports what happens on
+  the wire; the exchange returns the chunks to hand to the streaming callback as they complete. The outcome
+  sent back is the exchange's `Answer`, or the `HuggingFaceAPIError` it failed with (thrown into the flow);
+- `Sleep(seconds)`: wait before a retry.
 
 `ClientCore` holds everything that is not I/O (validated settings, credentials, retry policy, the
 resolved route) and writes the two flows: `resolution()` decides the route (probing the server or the
@@ -23,13 +22,14 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
-from haystack.dataclasses import ComponentInfo, StreamingChunk
+from haystack.dataclasses import ComponentInfo
 from haystack.utils import Secret
 
 from ._auth import Credentials, origin_of
 from ._config import APISettings, HFGenerationAPIType
+from ._exchange import Exchange
 from ._generation import GenerationRequest, StreamState, reply_from_generation
 from ._http import Answer, Request, is_event_stream, json_body, raise_for_status
 from ._retry import RetryBudget, RetryPolicy
@@ -49,28 +49,13 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class Exchange:
-    """Send `request`; with `stream`, feed the body to it and deliver the chunks it returns."""
-
-    request: Request
-    stream: StreamState | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Sleep:
     """Wait `seconds` (without blocking an event loop)."""
 
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """Hand `chunk` to the streaming callback."""
-
-    chunk: StreamingChunk
-
-
-Effect = Exchange | Sleep | Deliver
+Effect = Exchange | Sleep
 Flow = Generator[Effect, Any, T]
 
 
@@ -213,11 +198,14 @@ class ClientCore:
             behind a failing resolution fail with it, not one full resolution after another.
         """
         if ticket != self.resolutions and self._resolution_failure is not None:
-            raise copy.copy(self._resolution_failure)
+            raise copy.copy(self._resolution_failure)  # a copy: each caller's traceback is its own
         try:
             route = yield from self._resolve()
         except HuggingFaceAPIError as error:
             self._resolution_failure = error
+            raise
+        except BaseException:  # interrupted (a cancellation, a closed flow): no failure to share
+            self._resolution_failure = None
             raise
         else:
             self._resolution_failure = None
@@ -264,8 +252,8 @@ class ClientCore:
         self, route: Route, request: GenerationRequest, stream: bool, component_info: ComponentInfo | None = None
     ) -> Flow[tuple[str, dict[str, Any]]]:
         """
-        One reply: through `route`, or its fallback when the server lacks the route; streamed (chunks
-        delivered as they come) or in one piece.
+        One reply: through `route`, or its fallback when the server lacks the route; streamed (chunks handed
+        to the callback as the events arrive) or in one piece.
         """
         while True:
             route.check(request.params, request.stop_words)
@@ -278,9 +266,7 @@ class ClientCore:
                     reply = yield from self._send(http, self._read_reply, (route, request))
                 else:
                     state = StreamState(request, protocol, route.model, component_info, http.where, self.redact)
-                    final = yield from self._send(http, self._read_stream, (state,), state)
-                    yield Deliver(final)
-                    reply = state.delivered, state.meta()
+                    reply = yield from self._send(http, self._read_stream, (state,), state)
             except HuggingFaceAPIError as error:
                 route = route.after_failure(error)  # re-raises unless there is a fallback for this error
                 continue
@@ -297,14 +283,13 @@ class ClientCore:
         generation = protocol.parse_generation(json_body(http, answer), answer.headers.get("x-prompt-tokens"))
         return reply_from_generation(generation, request, protocol, route.model, http.where)
 
-    def _read_stream(self, http: Request, answer: Answer, state: StreamState) -> StreamingChunk:
+    def _read_stream(self, http: Request, answer: Answer, state: StreamState) -> tuple[str, dict[str, Any]]:
         raise_for_status(http, answer, self.redact)
         if not is_event_stream(answer.headers):  # e.g. a gateway that ignores `stream: true`
             kind = answer.headers.get("content-type")
             error = ResponseFormatError(f"{http.where} answered a streamed request with {kind}, not server-sent events")
             raise error.quoting(answer.body)
-        state.raise_failure()
-        return state.final_chunk()  # IncompleteStreamError when the stream ended early
+        return state.reply()
 
     def _send(
         self,
@@ -315,8 +300,8 @@ class ClientCore:
     ) -> Flow[T]:
         """
         Sends `request` until `read(request, answer, *args)` gives a result, or a failure is not worth another
-        try (`_retry` decides). With `stream`, the body goes to it; a broken tail after its final event does
-        not undo a complete reply, and nothing is tried again once text reached the callback.
+        try (`_retry` decides). With `stream`, the body goes to it, and nothing is tried again once text
+        reached the callback.
         """
         started = time.monotonic()
         budget: RetryBudget | None = None  # made at the first failure: most calls never need one
@@ -325,19 +310,12 @@ class ClientCore:
                 stream.reset()
             try:
                 answer: Answer = yield Exchange(request, stream)
-                return self._succeeded(budget, read(request, answer, *args))
-            except HuggingFaceAPIError as failure:
-                error = failure
-                if stream is not None:
-                    if stream.complete:
-                        return self._succeeded(budget, cast(T, stream.final_chunk()))  # a stream reads a chunk
-                    error = stream.interrupted_by(failure)
+                result = read(request, answer, *args)
+            except HuggingFaceAPIError as error:
                 error.redact(self.redact)  # before it is logged or raised: servers echo what they received
                 budget = budget or self.policy.budget(request.where, started)
                 yield Sleep(budget.wait_before_retry(error, "" if stream is None else stream.delivered))
-
-    @staticmethod
-    def _succeeded(budget: RetryBudget | None, result: T) -> T:
-        if budget is not None:
-            budget.succeeded()  # ends (and logs the end of) a scale-up wait
-        return result
+                continue
+            if budget is not None:
+                budget.succeeded()  # ends (and logs the end of) a scale-up wait
+            return result

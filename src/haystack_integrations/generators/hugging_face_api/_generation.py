@@ -124,19 +124,25 @@ def reply_from_generation(
     return (request.prompt + text if request.return_full_text else text), meta
 
 
-#: After a stop word, how many more events to read while waiting for the server's final event (its
-#: usage and finish reason). A server that missed the stop word would otherwise generate on and on.
-EVENTS_AFTER_STOP = 4
+#: Once the reply is complete (a stop word, or the server's finish reason), how many more events to read
+#: while waiting for the server's closing numbers (usage). A server that missed a stop word would otherwise
+#: generate on and on.
+EVENTS_AFTER_COMPLETE = 4
 
 
 class StreamState:
     """
-    Follows one streamed answer: parses events, trims stop words, builds the chunks for the callback
-    and, at the end, the reply and its meta.
+    Follows one streamed reply: parses events, trims stop words, and builds one `StreamingChunk` per server
+    event for the callback; at the end, the reply and its meta.
 
-    The reply is exactly the concatenation of the chunks' content. `done` tells the reader to stop
-    reading: the final event was seen, or a stop word was found and the server did not finish within
-    `EVENTS_AFTER_STOP` more events.
+    The reply is exactly the concatenation of the chunks' content. The last chunk carries the finish reason
+    and the reply's meta; it is the chunk of the event that ends the stream: TGI's final event, an
+    OpenAI-compatible server's usage event or `[DONE]` after the finish reason, or the end of the body. Events
+    after the reply is complete (past a stop word) give no chunk: their text is not part of the reply.
+
+    `done` tells the reader to stop reading: the stream ended (its final event, the body's end, a failure), or
+    the reply was complete and the server did not close within `EVENTS_AFTER_COMPLETE` more events. What went
+    wrong is in `failure`; a stream that ended before the reply was complete fails with `IncompleteStreamError`.
     """
 
     def __init__(
@@ -167,9 +173,10 @@ class StreamState:
         self._server_model: str | None = None
         self._started_at: str | None = None
         self._template: dict[str, Any] | None = None  # the fields of a middle chunk, for `_copy_chunk`
-        self._events_after_stop = 0
-        #: What went wrong in the stream's content (a malformed or error event): raised by `raise_failure`.
+        self._events_after_complete = 0
+        #: What ended the stream early: a malformed or error event, a cut, an early end.
         self.failure: HuggingFaceAPIError | None = None
+        #: The reply is whole (its finish reason, or a stop word, arrived).
         self.complete = False
         self.done = False
         #: The server ended the stream itself (its final event or `[DONE]`): nothing but its end marker follows.
@@ -182,81 +189,87 @@ class StreamState:
         """The text handed out in chunks so far."""
         return "".join(self._pieces)
 
-    def feed(self, block: bytes) -> StreamingChunk | None:
+    def feed(self, block: bytes) -> list[StreamingChunk]:
         """
-        Takes bytes of the stream as they arrived; returns the chunk to deliver when they released text
-        (the text of all the events they completed, in one chunk).
-
-        Never raises: a malformed or error event ends the read (`done`) and is kept in `failure`, so the
-        client reading the bytes can tell the stream's failures from its own and from the callback's.
-        `b""` means the body ended.
+        Takes bytes of the stream as they arrived (`b""`: the body ended); returns the chunks of the events
+        they complete, one per event. Never raises: a malformed or error event ends the stream (`done`) and is
+        kept in `failure`, so the reader can tell the stream's failures from its own and from the callback's.
         """
         if not block:
-            self.at_eof = self.done = True
-            return None
-        text = ""
+            self.at_eof = True
+            return self._ended()
+        chunks: list[StreamingChunk] = []
         try:
             for data in self._decoder.feed(block):
-                if not self.done:
-                    text += self._on_event(data)
+                if self.done:
+                    break
+                chunk = self._on_event(data)
+                if chunk is not None:
+                    chunks.append(chunk)
         except HuggingFaceAPIError as error:
             self.failure = error
             self.done = True
-        return self._chunk(text) if text else None
+        return chunks
 
-    @property
-    def should_drain(self) -> bool:
+    def broken(self, error: HuggingFaceAPIError) -> list[StreamingChunk]:
         """
-        Whether to read what is left of the body once the read stopped, to keep the connection: the server
-        ended the stream and only its end marker follows. Otherwise, unless the body is over (`at_eof`), the
-        connection must be closed, which also stops a server that is still generating.
+        The connection failed with `error` before the stream ended: a complete reply still ends normally (its
+        last chunk is returned); otherwise the stream fails with `error` or, once text reached the callback and
+        the connection broke, with `IncompleteStreamError` (caused by `error`).
         """
-        return self.ended_by_server and not self.at_eof and self.failure is None
+        if self.done:
+            return []
+        if self.complete:
+            return self._ended()
+        self.done = True
+        if self._pieces and isinstance(error, APIConnectionError):
+            incomplete = IncompleteStreamError(
+                f"{error.message}; the stream ended before its final event, so the reply is incomplete"
+            )
+            incomplete.__cause__ = error
+            error = incomplete
+        self.failure = error
+        return []
 
-    def raise_failure(self) -> None:
-        """Raises what `feed` found wrong in the stream, if anything."""
-        if self.failure is not None:
-            raise self.failure
+    def _ended(self) -> list[StreamingChunk]:
+        if self.done:
+            return []
+        chunk = self._finish()
+        return [] if chunk is None else [chunk]
 
-    def interrupted_by(self, error: HuggingFaceAPIError) -> HuggingFaceAPIError:
-        """
-        The error for a stream that `error` ended before its final event: once text reached the callback, a
-        broken connection means an incomplete reply (`IncompleteStreamError`, caused by `error`).
-        """
-        if not self._pieces or not isinstance(error, APIConnectionError):
-            return error
-        incomplete = IncompleteStreamError(
-            f"{error.message}; the stream ended before its final event, so the reply is incomplete"
-        )
-        incomplete.__cause__ = error
-        return incomplete
-
-    def _on_event(self, data: bytes) -> str:
-        """Takes the data of one event; returns the text it releases."""
+    def _on_event(self, data: bytes) -> StreamingChunk | None:
+        """Takes the data of one event; returns its chunk, if it has one."""
         if data == b"[DONE]":
-            self.done = self.ended_by_server = True
-            return ""
+            self.ended_by_server = True
+            return self._finish()
         try:
             payload = _decode_json(data.decode())  # a bound decoder on str: json.loads adds ~0.3 µs per event
         except ValueError:  # UnicodeDecodeError included
             raise ResponseFormatError(f"{self._where} sent a stream event that is not JSON").quoting(data) from None
         if type(payload) is not dict and not isinstance(payload, Mapping):  # dict first: ABC checks cost
             raise ResponseFormatError(f"{self._where} sent a stream event that is not an object").quoting(data)
-        if self._filter.stopped:
-            # The reply is complete; only the server's closing numbers are still of interest.
-            self._events_after_stop += 1
-            self.done = self._events_after_stop >= EVENTS_AFTER_STOP
-            if payload.get("error"):
-                self.done = True
-                return ""
-        elif payload.get("error"):
+        if payload.get("error"):
+            if self.complete:  # the reply is whole: an error among the closing events does not undo it
+                return self._finish()
             raise error_from_event(payload, self._where, self._redact)
         event = self._protocol.parse_event(payload)
+        if self.complete:  # only the server's closing numbers are still of interest
+            self._record(event)
+            self._events_after_complete += 1
+            if event.final or self._has_usage(event) or self._events_after_complete >= EVENTS_AFTER_COMPLETE:
+                return self._finish()
+            return None
         self._record(event)
         text = self._filter.feed(event.text) if event.text else ""
         if self._filter.stopped:
             self.complete = True
-        return text
+        if event.final or (self.complete and self._has_usage(event)):
+            return self._finish(text)
+        return self._chunk(text)
+
+    @staticmethod
+    def _has_usage(event: Generation) -> bool:
+        return event.prompt_tokens is not None or event.completion_tokens is not None
 
     def _record(self, event: Generation) -> None:
         check_not_failed(event.finish_reason, self._where)
@@ -264,7 +277,7 @@ class StreamState:
             self._raw_finish_reason = event.finish_reason
             self.complete = True
         if event.final:
-            self.complete = self.done = self.ended_by_server = True
+            self.complete = self.ended_by_server = True
         if event.prompt_tokens is not None:
             self._prompt_tokens = event.prompt_tokens
         if event.completion_tokens is not None:
@@ -273,6 +286,19 @@ class StreamState:
             self._server_model = event.model
         if self._started_at is None and event.text:
             self._started_at = datetime.now(UTC).isoformat()
+
+    def _finish(self, text: str = "") -> StreamingChunk | None:
+        """Ends the stream: the last chunk (`text` and what the stop-word filter held back) when complete."""
+        self.done = True
+        if not self.complete:
+            error = IncompleteStreamError(
+                f"{self._where}: the stream ended before its final event; the reply is incomplete"
+            )
+            error.delivered_text = self.delivered
+            self.failure = error
+            return None
+        meta = self.meta()
+        return self._chunk(text + self._filter.flush(), finish_reason=meta["finish_reason"], meta=meta)
 
     def _chunk(self, text: str, finish_reason: Any = None, meta: dict[str, Any] | None = None) -> StreamingChunk:
         start = not self._pieces
@@ -296,20 +322,9 @@ class StreamState:
             self._template = dict(vars(chunk))
         return chunk
 
-    def final_chunk(self) -> StreamingChunk:
-        """
-        The last chunk, carrying the finish reason and the reply's meta.
-
-        :raises IncompleteStreamError: If the stream ended before its final event.
-        """
-        if not self.complete:
-            error = IncompleteStreamError(
-                f"{self._where}: the stream ended before its final event; the reply is incomplete"
-            )
-            error.delivered_text = self.delivered
-            raise error
-        meta = self.meta()
-        return self._chunk(self._filter.flush(), finish_reason=meta["finish_reason"], meta=meta)
+    def reply(self) -> tuple[str, dict[str, Any]]:
+        """The reply and its meta, once the stream ended without failure."""
+        return self.delivered, self.meta()
 
     def meta(self) -> dict[str, Any]:
         """The reply's meta as known so far."""

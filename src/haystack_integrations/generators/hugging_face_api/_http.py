@@ -27,10 +27,6 @@ from .errors import RedirectError, ResponseFormatError, error_from_response
 
 #: A one-piece answer (or an error body) larger than this is refused rather than held in memory.
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
-#: After a stream's last event, how long and how much to read for its end marker, which lets the connection
-#: serve another request; a server that keeps the body open longer gets its connection closed instead.
-DRAIN_SECONDS = 1.0
-DRAIN_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,34 +103,6 @@ def _redirect_error(request: Request, answer: Answer) -> RedirectError:
         f"(the token must not travel to wherever a server points): {request.redirect_hint}",
         status_code=answer.status,
     )
-
-
-class BoundedBody:
-    """
-    Collects a one-piece body (or an error body) as it arrives, refusing one over `MAX_RESPONSE_BYTES` by
-    its declared length or by what has arrived, so a huge answer is never held in memory.
-    """
-
-    __slots__ = ("_parts", "_received", "_request")
-
-    def __init__(self, request: Request, headers: Mapping[str, str]) -> None:
-        self._request = request
-        self._parts: list[bytes] = []
-        self._received = 0
-        declared = headers.get("content-length")
-        self._check(int(declared) if declared and declared.isdigit() else 0)
-
-    def add(self, part: bytes) -> None:
-        self._received += len(part)
-        self._check(self._received)
-        self._parts.append(part)
-
-    def _check(self, size: int) -> None:
-        if size > MAX_RESPONSE_BYTES:
-            raise ResponseFormatError(f"{self._request.where} returned more than {MAX_RESPONSE_BYTES} bytes; refused")
-
-    def answer(self, status: int, headers: Mapping[str, str]) -> Answer:
-        return Answer(status, headers, b"".join(self._parts))
 
 
 def parse_retry_after(value: str | None) -> float | None:

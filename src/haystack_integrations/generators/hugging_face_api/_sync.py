@@ -1,38 +1,39 @@
 """
-The sync client: runs the core's flows (`_core`) with urllib3 and `time.sleep`. Only I/O lives here.
+The sync client: runs the core's flows (`_core`) with urllib3 and `time.sleep`. Only I/O lives here: a byte
+loop around each `Exchange`, and the table that names urllib3's exceptions.
 
-One thread-safe `PoolManager` per server a generator talks to (a `ProxyManager` where the environment
-names a proxy for it), with
-`retries=False` and `redirect=False`: every retry decision is the core's, and redirects are never
-followed. urllib3's exceptions become the package's in `_translate`, the one place that knows them.
+One thread-safe `PoolManager` per server a generator talks to (a `ProxyManager` where the environment names a
+proxy for it), with `retries=False` and `redirect=False`: every retry decision is the core's, and redirects
+are never followed, so each attempt is exactly one request on one connection.
 """
 
 from __future__ import annotations
 
+import http.client
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import urllib3
 from haystack.dataclasses import StreamingChunk
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     DecodeError,
     HTTPError,
     NewConnectionError,
-    ProtocolError,
     ProxyError,
     ReadTimeoutError,
     SSLError,
 )
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
-from ._core import ClientCore, Deliver, Driver, Effect, Exchange, Flow, T
-from ._generation import StreamState
-from ._http import DRAIN_BYTES, DRAIN_SECONDS, Answer, BoundedBody, Request, is_event_stream, proxy_for, ssl_context
+from ._core import ClientCore, Driver, Flow, T
+from ._exchange import Exchange, Failure
+from ._http import proxy_for, ssl_context
 from ._routing import Route
-from .errors import APIConnectionError, APITimeoutError, HuggingFaceAPIError, ResponseFormatError
 
 SyncCallback = Callable[[StreamingChunk], Any]
 
@@ -40,24 +41,83 @@ SyncCallback = Callable[[StreamingChunk], Any]
 POOL_SIZE = 64
 _BLOCK = 64 * 1024
 
+#: urllib3's exceptions, most specific first, as the failures the exchange words.
+_FAILURES: tuple[tuple[type[HTTPError], Failure], ...] = (
+    (ProxyError, Failure.PROXY),
+    (NewConnectionError, Failure.CONNECT),  # refused, unreachable, DNS (a subclass of ConnectTimeoutError)
+    (ReadTimeoutError, Failure.READ_TIMEOUT),
+    (Urllib3TimeoutError, Failure.CONNECT_TIMEOUT),
+    (SSLError, Failure.CONNECT),
+    (DecodeError, Failure.UNDECODABLE),
+)
 
-def _translate(error: HTTPError, where: str) -> HuggingFaceAPIError:
-    """urllib3's exceptions as ours, with a message that says what failed (never a header value)."""
-    if isinstance(error, ProxyError):
-        return APIConnectionError(f"{where} could not connect through the proxy: {error}")
-    if isinstance(error, NewConnectionError):  # refused, unreachable, DNS (a subclass of ConnectTimeoutError)
-        return APIConnectionError(f"{where} could not connect: {error}")
-    if isinstance(error, ReadTimeoutError):
-        return APITimeoutError(f"{where} timed out waiting for the server (see api_params['timeout'])", phase="read")
-    if isinstance(error, Urllib3TimeoutError):
-        return APITimeoutError(f"{where} timed out while connecting (see api_params['timeout'])", phase="connect")
-    if isinstance(error, SSLError):
-        return APIConnectionError(f"{where} could not connect: {error}")
-    if isinstance(error, DecodeError):
-        return ResponseFormatError(f"{where} returned a body that could not be decoded: {error}")
-    if isinstance(error, ProtocolError):
-        return APIConnectionError(f"{where} failed: the connection broke ({error})")
-    return APIConnectionError(f"{where} failed: {type(error).__name__}: {error}")
+
+def _failure(error: HTTPError) -> Failure:
+    for cls, failure in _FAILURES:
+        if isinstance(error, cls):
+            return failure
+    return Failure.BROKEN  # ProtocolError and the rest: the connection broke, or the answer is not HTTP
+
+
+class _CheckedHead(http.client.HTTPResponse):
+    """
+    http.client's response, refusing a head that aiohttp's parser refuses too, so both clients see the same
+    failure: http.client takes the end of the connection inside the head for the head's end, and accepts
+    header lines that do not parse (urllib3 then logs a warning with a traceback).
+    """
+
+    def begin(self) -> None:
+        reader = self.fp
+        self.fp = watched = _LastLine(reader)  # type: ignore[assignment]
+        try:
+            super().begin()
+        finally:
+            self.fp = reader
+        if watched.last == b"" or self.msg.defects:
+            raise http.client.IncompleteRead(b"", None)  # urllib3: ProtocolError, a connection failure
+
+
+class _LastLine:
+    """A reader that remembers the last line read: an empty one means the connection ended there."""
+
+    __slots__ = ("_reader", "last")
+
+    def __init__(self, reader: BinaryIO) -> None:
+        self._reader = reader
+        self.last: bytes | None = None
+
+    def readline(self, limit: int = -1) -> bytes:
+        self.last = self._reader.readline(limit)
+        return self.last
+
+
+class _HTTPConnection(HTTPConnection):
+    response_class = _CheckedHead
+
+
+class _HTTPSConnection(HTTPSConnection):
+    response_class = _CheckedHead
+
+
+class _HTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOL_CLASSES = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+
+
+def _close(manager: urllib3.PoolManager) -> None:
+    """Closes every connection of `manager` now (its `clear()` leaves them to the garbage collector)."""
+    pools = manager.pools
+    for key in list(pools.keys()):  # a snapshot: the container changes under other threads
+        pool = pools.get(key)
+        if pool is not None:
+            pool.close()  # also closes the connections still in use as they come back
+    manager.clear()
 
 
 class SyncClient:
@@ -85,12 +145,16 @@ class SyncClient:
         return route
 
     def run(self, flow: Flow[T], callback: SyncCallback | None = None) -> T:
-        """Runs `flow` to its end, performing its effects; `callback` receives the chunks it delivers."""
+        """Runs `flow` to its end, performing its effects; `callback` receives the chunks of its exchanges."""
         driver = Driver(flow)
         try:
             effect = driver.start()
             while effect is not None:
-                effect = driver.send(self._perform(effect, callback))
+                if isinstance(effect, Exchange):
+                    effect = driver.send(self._exchange(effect, callback))
+                else:
+                    time.sleep(effect.seconds)
+                    effect = driver.send(None)
         finally:
             driver.close()
         return driver.result
@@ -100,19 +164,7 @@ class SyncClient:
         with self._lock:
             pools, self._pools = self._pools, {}
         for pool in pools.values():
-            pool.clear()
-
-    # --- effects ---------------------------------------------------------------------------------
-
-    def _perform(self, effect: Effect, callback: SyncCallback | None) -> Any:
-        if isinstance(effect, Exchange):
-            return self._exchange(effect.request, effect.stream, callback)
-        if isinstance(effect, Deliver):
-            assert callback is not None
-            callback(effect.chunk)
-        else:
-            time.sleep(effect.seconds)
-        return None
+            _close(pool)
 
     # --- HTTP ------------------------------------------------------------------------------------
 
@@ -136,8 +188,11 @@ class SyncClient:
             if not verify:
                 options["cert_reqs"] = "CERT_NONE"
         if proxy is None:
-            return urllib3.PoolManager(**options)
-        return urllib3.ProxyManager(proxy.url, proxy_headers=proxy.headers, **options)
+            manager = urllib3.PoolManager(**options)
+        else:
+            manager = urllib3.ProxyManager(proxy.url, proxy_headers=proxy.headers, **options)
+        manager.pool_classes_by_scheme = _POOL_CLASSES
+        return manager
 
     def _timeout(self, connect: float, read: float) -> urllib3.Timeout:
         timeout = self._timeouts.get((connect, read))
@@ -145,14 +200,14 @@ class SyncClient:
             timeout = self._timeouts[(connect, read)] = urllib3.Timeout(connect=connect, read=read)
         return timeout
 
-    def _exchange(self, request: Request, stream: StreamState | None, callback: SyncCallback | None) -> Any:
+    def _exchange(self, exchange: Exchange, callback: SyncCallback | None) -> Any:
         """
-        Sends `request`; returns its `Answer`, or the `HuggingFaceAPIError` it failed with. A stream's body
-        goes to `stream`, its chunks to `callback`, whose own exceptions propagate untouched.
+        Performs one exchange: sends its request, reports what comes back, hands its chunks to `callback`
+        (whose own exceptions propagate untouched); returns its outcome.
         """
-        pool = self._pool(request.base)
+        request = exchange.request
         try:
-            response = pool.urlopen(
+            response = self._pool(request.base).urlopen(
                 request.method,
                 request.url,
                 body=request.body,
@@ -160,69 +215,40 @@ class SyncClient:
                 redirect=False,
                 retries=False,
                 preload_content=False,
-                timeout=self._timeout(request.connect_timeout, request.first_byte_timeout),
+                timeout=self._timeout(exchange.connect_timeout, exchange.head_timeout),
             )
         except HTTPError as error:
-            return _translate(error, request.where)
-        reusable = False  # whether the connection may serve another request: the body was read to its end
+            exchange.fail(_failure(error), str(error))
+            return exchange.outcome
         try:
-            if stream is None or response.status >= 300 or not is_event_stream(response.headers):
-                answer = self._read_whole(request, response)
-                reusable = isinstance(answer, Answer)
-                return answer
-            if request.first_byte_timeout != request.read_timeout:
-                sock = getattr(response.connection, "sock", None)
-                if sock is not None:
-                    sock.settimeout(request.read_timeout)  # the answer has started: reads get the usual timeout
-            blocks = self._blocks(response)
-            while not stream.done:
+            exchange.receive_head(response.status, response.headers)
+            blocks = _blocks(response)
+            waiting = exchange.head_timeout  # the socket's timeout now
+            while (timeout := exchange.next_read()) is not None:
+                if timeout != waiting:  # after a held head, or while draining
+                    sock = getattr(response.connection, "sock", None)
+                    if sock is not None:
+                        sock.settimeout(timeout)
+                    waiting = timeout
                 try:
                     block = next(blocks, b"")
                 except HTTPError as error:
-                    return _translate(error, request.where)
-                if (chunk := stream.feed(block)) is not None:
-                    callback(chunk)  # type: ignore[misc]  # a stream always comes with a callback
-            reusable = self._drain(response, blocks) if stream.should_drain else stream.at_eof
-            return Answer(response.status, response.headers)
+                    chunks = exchange.fail(_failure(error), str(error))
+                else:
+                    chunks = exchange.receive(block)
+                for chunk in chunks:
+                    callback(chunk)  # type: ignore[misc]  # chunks come only with a stream, which has a callback
         finally:
-            if not reusable:  # closing also stops a server that is still generating
+            if not exchange.reusable:  # closing also stops a server that is still generating
                 response.close()
             response.release_conn()
+        return exchange.outcome
 
-    @staticmethod
-    def _drain(response: urllib3.BaseHTTPResponse, blocks: Iterator[bytes]) -> bool:
-        """Reads what follows a stream's last event (its end marker), briefly; True when the body ended cleanly."""
-        sock = getattr(response.connection, "sock", None)
-        if sock is not None:
-            sock.settimeout(DRAIN_SECONDS)
-        deadline = time.monotonic() + DRAIN_SECONDS
-        received = 0
-        try:
-            for block in blocks:
-                received += len(block)
-                if received > DRAIN_BYTES or time.monotonic() > deadline:
-                    return False
-        except HTTPError:
-            return False
-        return True
 
-    @staticmethod
-    def _read_whole(request: Request, response: urllib3.BaseHTTPResponse) -> Answer | HuggingFaceAPIError:
-        try:
-            body = BoundedBody(request, response.headers)
-            for part in response.stream(_BLOCK):
-                body.add(part)
-        except HTTPError as error:
-            return _translate(error, request.where)
-        except HuggingFaceAPIError as error:  # too large
-            return error
-        return body.answer(response.status, response.headers)
-
-    @staticmethod
-    def _blocks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-        """The body as it arrives: one HTTP chunk at a time, or what each read returns."""
-        if response.chunked:
-            yield from response.read_chunked(decode_content=True)
-        else:
-            while block := response.read1(_BLOCK):
-                yield block
+def _blocks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """The body as it arrives: one HTTP chunk at a time, or what each read returns."""
+    if response.chunked:
+        yield from response.read_chunked(decode_content=True)
+    else:
+        while block := response.read1(_BLOCK):
+            yield block

@@ -98,10 +98,22 @@ class HuggingFaceAPIError(Exception):
             self.server_message = redact(self.server_message)
         self.args = (self.message,)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Copies and pickles (multiprocessing, Celery, Ray) keep every attribute, whatever the subclass's
+        # constructor takes: the default would call `cls(*args)` and lose them, or fail (APITimeoutError).
+        return _rebuild, (type(self), self.args, self.__dict__)
+
     def __str__(self) -> str:
         if not self.delivered_text:
             return self.message
         return f"{self.message} ({len(self.delivered_text)} characters had already reached the streaming callback)"
+
+
+def _rebuild(cls: type[HuggingFaceAPIError], args: tuple[Any, ...], state: dict[str, Any]) -> HuggingFaceAPIError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class APIConnectionError(HuggingFaceAPIError):
