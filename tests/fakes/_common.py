@@ -841,6 +841,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._handlers: list[threading.Thread] = []
+        self.accepted = 0  # every connection since the start
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """ThreadingMixIn's, keeping the threads (the live ones) for :meth:`join_handlers`."""
@@ -861,6 +862,7 @@ class _HTTPServer(ThreadingHTTPServer):
     def track(self, conn: socket.socket) -> None:
         with self._connections_lock:
             self._connections.add(conn)
+            self.accepted += 1
         self.fake._notify()
         if self.fake._stopping.is_set():  # accepted while stop() was closing the others
             self.close_connections()
@@ -1058,6 +1060,12 @@ class FakeServer(ServedInThread):
         """
         httpd = self._server
         return httpd.open_connections if httpd is not None else 0
+
+    @property
+    def connections_accepted(self) -> int:
+        """How many client connections the server accepted since it started (probes' included)."""
+        httpd = self._server
+        return httpd.accepted if httpd is not None else 0
 
     def wait_open_connections(self, count: int, timeout: float = 2.0) -> bool:
         """Wait until exactly ``count`` connections are open; False if that did not happen in time."""

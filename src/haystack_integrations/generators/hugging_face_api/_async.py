@@ -306,6 +306,7 @@ class AsyncClient:
         except _LIBRARY_ERRORS as error:
             exchange.fail(_failure(error), str(error))
             return exchange.outcome
+        unwatch = _end_reads_when_closed(response)
         try:
             exchange.receive_head(response.status, response.headers)
             content = response.content
@@ -325,8 +326,36 @@ class AsyncClient:
                     if result is not None and inspect.isawaitable(result):
                         await result
         finally:
+            if unwatch is not None:
+                unwatch()
             if exchange.reusable:
                 response.release()
             else:
                 response.close()
         return exchange.outcome
+
+
+def _end_reads_when_closed(response: aiohttp.ClientResponse) -> Callable[[], None] | None:
+    """
+    Makes the connection's closing end a read of the body that is still waiting; returns how to undo it.
+
+    aiohttp's C parser, rejecting the body's chunked framing after the head, closes the connection but never
+    tells the body's reader, which then waits forever (its read timeout dropped too). The sync client sees
+    a broken connection there; so does this one, now.
+    """
+    connection = response.connection
+    closed = connection.protocol.closed if connection is not None and connection.protocol is not None else None
+    if closed is None:
+        return None
+    content = response.content
+
+    def on_closed(_: object) -> None:
+        if not content.is_eof():
+            content.set_exception(aiohttp.ClientPayloadError("the connection closed before the body ended"))
+
+    closed.add_done_callback(on_closed)  # removed after the exchange: a kept-alive connection serves many
+
+    def unwatch() -> None:
+        closed.remove_done_callback(on_closed)
+
+    return unwatch

@@ -24,9 +24,11 @@ What is decided here, once for both clients:
   status line, cut or unparsable headers) is a connection failure, retried like a refused connection; a
   complete head with a broken body (cut, bad chunked framing) is a cut body, retried until text reached the
   callback and an `IncompleteStreamError` after that (`StreamState`);
-- the drain: after a stream's final event, what follows (its end marker) is read for at most
-  `DRAIN_SECONDS` and `DRAIN_BYTES`, so that the connection may serve another request; a server that keeps
-  the body open longer gets its connection closed, which also stops one that is still generating.
+- the drain: once a stream is done, the connection is kept only if the body's end arrives (the moment
+  aiohttp, too, hands a connection back to its pool). After the server ended the stream, its end marker is
+  waited for up to `DRAIN_SECONDS`; otherwise (a stop word, a malformed event) only what has already
+  arrived is read, at most `DRAIN_BYTES` either way, and the connection is closed, which also stops a server
+  that is still generating.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from .errors import APIConnectionError, APITimeoutError, HuggingFaceAPIError, Re
 #: After a stream's last event, how long and how much to read for its end marker.
 DRAIN_SECONDS = 1.0
 DRAIN_BYTES = 64 * 1024
+#: The timeout of a read that should take only what has already arrived.
+_ALREADY_ARRIVED = 0.001
 
 
 class Failure(Enum):
@@ -76,7 +80,17 @@ class _Phase(Enum):
 class Exchange:
     """One attempt of `request`: yielded by the core's flows, driven by a client, read back by the flow."""
 
-    __slots__ = ("_answer", "_body", "_clock", "_drain_until", "_drained", "_error", "_phase", "request", "reusable")
+    __slots__ = (
+        "_answer",
+        "_body",
+        "_clock",
+        "_drain_until",
+        "_drained",
+        "_error",
+        "_phase",
+        "request",
+        "reusable",
+    )
 
     def __init__(self, request: Request, stream: StreamState | None, clock: Callable[[], float] = time.monotonic):
         self.request = request
@@ -152,7 +166,7 @@ class Exchange:
     def fail(self, failure: Failure, detail: str) -> list[StreamingChunk]:
         """The connection failed (`detail`: the library's words); returns the chunks this still completes."""
         phase = self._phase
-        if phase is _Phase.DRAIN:  # the reply is whole; only the connection is lost
+        if phase is _Phase.DRAIN:  # the stream had ended: only the connection is lost
             self._end()
             return _NO_CHUNKS
         error = self._error_for(failure, detail)
@@ -172,10 +186,8 @@ class Exchange:
         if phase is _Phase.BODY or phase is _Phase.EVENTS:
             return self.request.read_timeout
         if phase is _Phase.DRAIN:
-            remaining = self._drain_until - self._clock()
-            if remaining > 0:
-                return remaining
-            self._end()  # the server keeps the body open: the connection is closed instead
+            # Until the deadline, the end marker is waited for; after it, only what has already arrived is read.
+            return max(self._drain_until - self._clock(), _ALREADY_ARRIVED)
         return None
 
     @property
@@ -189,18 +201,25 @@ class Exchange:
     # --- decisions --------------------------------------------------------------------------------
 
     def _after_stream(self, stream: StreamState) -> None:
-        if stream.failure is not None:
-            self._end(stream.failure)
-        elif stream.ended_by_server and not stream.at_eof:  # only its end marker follows: read it
-            self._phase = _Phase.DRAIN
-            self._drain_until = self._clock() + DRAIN_SECONDS
-        else:  # the body ended with the stream, or the read stopped early (a stop word the server missed)
-            self._end(reusable=stream.at_eof)
+        """
+        The stream is done: the connection is kept only when the body's end arrives, which is also when aiohttp
+        hands it back to its pool by itself. After the server ended the stream (its final event, `[DONE]`, an
+        error event) the end marker is waited for, briefly; otherwise only what has already arrived is read,
+        and the connection is closed, which stops a server that is still generating.
+        """
+        self._error = stream.failure
+        if stream.at_eof:
+            self._end(reusable=True)
+            return
+        self._phase = _Phase.DRAIN
+        self._drain_until = self._clock() + (DRAIN_SECONDS if stream.ended_by_server else 0.0)
 
     def _end(self, error: HuggingFaceAPIError | None = None, *, reusable: bool = False) -> None:
+        """Ends the exchange; `error` (when given) is its outcome."""
         self._phase = _Phase.DONE
-        self._error = error
-        self.reusable = reusable and error is None
+        if error is not None:
+            self._error = error
+        self.reusable = reusable
 
     def _error_for(self, failure: Failure, detail: str) -> HuggingFaceAPIError:
         """The package's error for a failure in the current phase: the one place that words them."""

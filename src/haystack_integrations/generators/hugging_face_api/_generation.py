@@ -249,6 +249,7 @@ class StreamState:
         if type(payload) is not dict and not isinstance(payload, Mapping):  # dict first: ABC checks cost
             raise ResponseFormatError(f"{self._where} sent a stream event that is not an object").quoting(data)
         if payload.get("error"):
+            self.ended_by_server = True  # an error event is the server's last (TGI), or followed by [DONE]
             if self.complete:  # the reply is whole: an error among the closing events does not undo it
                 return self._finish()
             raise error_from_event(payload, self._where, self._redact)

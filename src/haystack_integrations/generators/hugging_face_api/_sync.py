@@ -72,7 +72,8 @@ class _CheckedHead(http.client.HTTPResponse):
         try:
             super().begin()
         finally:
-            self.fp = reader
+            if self.fp is watched:  # type: ignore[comparison-overlap]  # http.client drops a reader it closed
+                self.fp = reader
         if watched.last == b"" or self.msg.defects:
             raise http.client.IncompleteRead(b"", None)  # urllib3: ProtocolError, a connection failure
 
@@ -89,6 +90,9 @@ class _LastLine:
     def readline(self, limit: int = -1) -> bytes:
         self.last = self._reader.readline(limit)
         return self.last
+
+    def __getattr__(self, name: str) -> Any:  # what else http.client asks of its reader (close, read ...)
+        return getattr(self._reader, name)
 
 
 class _HTTPConnection(HTTPConnection):
