@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -138,19 +139,58 @@ def test_completion_returns_text(client: httpx.Client) -> None:
     assert body["usage"]["completion_tokens"] <= 8
 
 
-def test_completion_stream_shape(client: httpx.Client) -> None:
-    """Pins the facts recorded in docs/local-model.md: usage in the last event, no `data: [DONE]`."""
-    request = {"prompt": "The capital of France is", "max_tokens": 4, "stream": True}
-    with client.stream("POST", "/v1/completions", json=request) as response:
+def _stream(client: httpx.Client, path: str, request: dict[str, Any]) -> list[dict[str, Any]]:
+    with client.stream("POST", path, json={**request, "stream": True}) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         payloads = _sse_events(response)
     assert "[DONE]" not in payloads
-    events = [json.loads(p) for p in payloads]
+    return [json.loads(p) for p in payloads]
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_completion_stream_shape(client: httpx.Client, include_usage: bool) -> None:
+    """
+    Pins the facts of the locked `transformers serve` (5.25, docs/local-model.md): no `data: [DONE]`; the finish
+    reason in an event of its own; usage only when asked, in an extra last event with `choices: []`.
+    """
+    request: dict[str, Any] = {"prompt": "The capital of France is", "max_tokens": 4}
+    if include_usage:
+        request["stream_options"] = {"include_usage": True}
+    events = _stream(client, "/v1/completions", request)
+    usage_events = [e for e in events if "usage" in e]
+    if include_usage:
+        assert usage_events == [events[-1]]
+        assert events[-1]["choices"] == []
+        assert events[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+        events = events[:-1]
+    else:
+        assert usage_events == []
     assert "".join(e["choices"][0]["text"] for e in events).strip()
     assert all("finish_reason" not in e["choices"][0] for e in events[:-1])
-    assert events[-1]["choices"][0]["finish_reason"] == "length"
-    assert events[-1]["usage"]["completion_tokens"] == 4
+    assert events[-1]["choices"] == [{"index": 0, "text": "", "finish_reason": "length"}]
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_chat_stream_shape(client: httpx.Client, include_usage: bool) -> None:
+    """The chat stream of the locked release: role first, one delta per token, then as for completions."""
+    request: dict[str, Any] = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    request["max_tokens"] = 4
+    if include_usage:
+        request["stream_options"] = {"include_usage": True}
+    events = _stream(client, "/v1/chat/completions", request)
+    usage_events = [e for e in events if "usage" in e]
+    if include_usage:
+        assert usage_events == [events[-1]]
+        assert events[-1]["choices"] == []
+        assert events[-1]["usage"] == {"prompt_tokens": 37, "completion_tokens": 4, "total_tokens": 41}
+        events = events[:-1]
+    else:
+        assert usage_events == []
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant"}
+    assert len(events) == 1 + 4 + 1
+    assert "".join(e["choices"][0]["delta"]["content"] for e in events[1:-1]).strip()
+    assert events[-1]["choices"] == [{"delta": {}, "index": 0, "finish_reason": "length"}]
 
 
 def test_chat_completion(client: httpx.Client) -> None:

@@ -23,8 +23,10 @@ What it reproduces:
 * sampling parameters (``temperature``, ``top_p``, ``top_k``, ``seed``, ``repetition_penalty``,
   ``frequency_penalty``, ``presence_penalty``) are accepted, and range-checked with vLLM's messages (400);
 * usage: always in non-streamed answers; in streams, a final chunk with ``"choices": []`` and ``usage``
-  when the request has ``stream_options: {"include_usage": true}`` (``stream_usage="request"``, vLLM), or
-  always / never (``stream_usage="always"`` / ``"never"``); ``stream_options`` without ``stream`` is a 400;
+  when the request has ``stream_options: {"include_usage": true}`` (``stream_usage="request"``, vLLM and
+  ``transformers serve`` 5.25), or always / never (``stream_usage="always"`` / ``"never"``); or, with
+  ``stream_usage="final_choice"`` (``transformers serve`` 5.24), ``usage`` in the event that carries the
+  finish reason, whatever the request says; ``stream_options`` without ``stream`` is a 400;
 * streams end with ``data: [DONE]`` unless ``done_marker=False`` (``transformers serve`` omits it).
 
 Prompt tokens: ``len(prompt.split())``; for chat, the words of all message contents (no chat template).
@@ -49,7 +51,7 @@ from ._common import (
 from .tls import TLSConfig
 
 DEFAULT_MODEL_ID = "fake-org/fake-model"
-StreamUsage = Literal["request", "always", "never"]
+StreamUsage = Literal["request", "always", "never", "final_choice"]
 _FINISH_REASONS = {"length": "length", "eos": "stop", "stop": "stop"}
 
 
@@ -163,7 +165,7 @@ class OpenAIEngine:
             "total_tokens": sum(lengths) + sum(len(g.tokens) for g in generations),
             "completion_tokens": sum(len(g.tokens) for g in generations),
         }
-        include_usage = self.stream_usage == "always" or (
+        include_usage = self.stream_usage in ("always", "final_choice") or (
             self.stream_usage == "request" and bool((body.get("stream_options") or {}).get("include_usage"))
         )
         if body["stream"]:
@@ -352,9 +354,14 @@ class OpenAIEngine:
                 else:
                     choice = {"index": i, "text": delta, "logprobs": None, "finish_reason": finish}
                 choice["stop_reason"] = gen.stop_string if last else None
-                if not sse.event({**head, "choices": [choice]}, final=last and i == len(prompts) - 1):
+                event = {**head, "choices": [choice]}
+                final = last and i == len(prompts) - 1
+                if final and usage is not None and self.stream_usage == "final_choice":
+                    event["usage"] = usage
+                if not sse.event(event, final=final):
                     return
-        if usage is not None and not sse.event({**head, "choices": [], "usage": usage}, token=False):
+        usage_event = usage is not None and self.stream_usage != "final_choice"
+        if usage_event and not sse.event({**head, "choices": [], "usage": usage}, token=False):
             return
         sse.close()
 
