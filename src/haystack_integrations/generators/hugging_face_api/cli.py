@@ -101,9 +101,12 @@ def _generation_value(key: str, kind: Callable[[str], Any]) -> Callable[[str], A
     def parse(text: str) -> Any:
         try:
             value = kind(text)
+        except ValueError:
+            value = text  # not a number: the check below fails and states the rule
+        try:
             check_generation_kwargs({key: value}, "")
         except ValueError as error:
-            rule = str(error).partition(" must be ")[2].rpartition(", got ")[0] or kind.__name__
+            rule = str(error).partition(" must be ")[2].rpartition(", got ")[0]
             raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
         return value
 
