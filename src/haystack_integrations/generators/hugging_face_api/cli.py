@@ -620,7 +620,7 @@ class _Index:
     """
     What an existing output holds, per id: whether its latest record is a reply, and that record's fingerprint.
 
-    Kept as two 64-bit numbers per record, about 100 bytes: resuming holds one entry per record of `--output`
+    Kept as two 64-bit numbers per record, about 125 bytes: resuming holds one entry per record of `--output`
     (a fresh run, none).
     """
 
