@@ -381,3 +381,15 @@ def test_memory_is_bounded_by_the_concurrency_not_the_number_of_prompts(tmp_path
     # A task, a coroutine or a record kept per prompt would be >= 180k more blocks here.
     assert large - small < 2_000, (small, large)
     assert large < 20_000, large
+
+
+def test_an_id_with_a_lone_surrogate_is_written_escaped_and_resumed(
+    tgi: FakeTGI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a\\ud800", "prompt": "x"}\n')  # valid JSON, not encodable as UTF-8 once decoded
+    output = tmp_path / "out.jsonl"
+    assert main(batch(prompts, output, tgi.url)) == 0
+    assert '"id": "a\\ud800"' in output.read_text(encoding="utf-8")
+    assert main(batch(prompts, output, tgi.url)) == 0
+    assert posts(tgi) == 1

@@ -919,7 +919,10 @@ class _RecordWriter:
 
     def __call__(self, record: dict[str, Any]) -> None:
         try:
-            self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            try:
+                self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            except UnicodeEncodeError:  # raised before any byte is written: a lone surrogate, an ASCII stdout
+                self._file.write(json.dumps(record, default=str) + "\n")
             self._file.flush()
         except OSError as error:
             raise CLIError(f"cannot write --output {self._shown}: {_reason(error)}") from error
