@@ -65,7 +65,7 @@ def read_output(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_batch_answers_everything_in_input_order(tgi: FakeTGI, tmp_path: Path) -> None:
+def test_batch_answers_every_prompt_once(tgi: FakeTGI, tmp_path: Path) -> None:
     prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_prompts(prompts, 30)
     code = main(
@@ -85,8 +85,10 @@ def test_batch_answers_everything_in_input_order(tgi: FakeTGI, tmp_path: Path) -
     )
     assert code == 0
     records = read_output(output)
-    assert [r["id"] for r in records] == [f"p{i}" for i in range(30)]
+    # In the order they were answered: the id says which prompt each record answers.
+    assert sorted(r["id"] for r in records) == sorted(f"p{i}" for i in range(30))
     assert all(r["reply"] == "Natural Language" for r in records)
+    assert all(list(r)[:2] == ["id", "fingerprint"] for r in records)
     assert all(r["meta"]["usage"]["completion_tokens"] == 2 for r in records)
 
 
@@ -123,7 +125,9 @@ def test_batch_resumes_after_an_interruption_with_a_torn_line(tgi: FakeTGI, tmp_
     before = sum(1 for r in tgi.requests if r.method == "POST")
     assert main(args) == 0
     assert sum(1 for r in tgi.requests if r.method == "POST") - before == 7
-    assert read_output(output) == complete
+    final = read_output(output)
+    assert final[:5] == complete[:5]  # kept as written, the torn line cut off
+    assert sorted(final, key=lambda r: str(r["id"])) == sorted(complete, key=lambda r: str(r["id"]))
 
 
 def test_batch_keeps_ids_as_given_and_numbers_lines_without_id(tgi: FakeTGI, tmp_path: Path) -> None:
@@ -132,9 +136,9 @@ def test_batch_keeps_ids_as_given_and_numbers_lines_without_id(tgi: FakeTGI, tmp
         '{"id": 7, "prompt": "a"}\n"just a prompt"\n{"prompt": "b", "generation_kwargs": {"max_new_tokens": 1}}\n'
     )
     assert main(["--batch", str(prompts), "--output", str(output), "--url", tgi.url, "--no-progress"]) == 0
-    records = read_output(output)
-    assert [r["id"] for r in records] == [7, 2, 3]
-    assert records[2]["reply"] == "Natural"
+    records = {json.dumps(r["id"]): r for r in read_output(output)}
+    assert sorted(records) == ["2", "3", "7"]  # 7 as the number it was, lines 2 and 3 numbered
+    assert records["3"]["reply"] == "Natural"
 
 
 # --- failures: one or two lines on stderr, a non-zero exit code -----------------------------------
@@ -174,7 +178,7 @@ def test_timeout(tgi: FakeTGI, capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("status", "hint"),
     [
-        (401, "hint: check the token: HF_TOKEN / HF_API_TOKEN"),
+        (401, "hint: no token was sent: set HF_TOKEN for Hugging Face hosts, or give --token-env VAR"),
         (404, "hint: check --url (the server's base URL) and --model"),
         (400, "hint: the server refused the request"),
     ],
@@ -270,16 +274,32 @@ def test_output_in_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert stderr_lines(capsys) == [f"error: cannot write --output {output}: No such file or directory"]
 
 
-def test_batch_against_a_server_that_is_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_batch_against_a_server_that_is_down_fails_once_not_once_per_prompt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_prompts(prompts, 3)
     assert main(["--batch", str(prompts), "--output", str(output), "--url", closed_port_url(), "--no-progress"]) == 1
-    summary, error, hint = stderr_lines(capsys)
-    assert summary.startswith("0/3 answered, 3 failed (rerun the command to retry them;")
-    assert error.startswith("first error: ")
-    assert "connect" in error
+    error, hint = stderr_lines(capsys)
+    assert error.startswith("error: GET http://127.0.0.1:")
+    assert "could not connect" in error
     assert hint.startswith("hint: check that the server is running")
-    assert all(record["error"]["type"] == "APIConnectionError" for record in read_output(output))
+    assert read_output(output) == []  # nothing recorded: the rerun asks everything
+
+
+def test_batch_records_prompts_that_fail_and_says_so(
+    tgi: FakeTGI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(prompts, 3)
+    tgi.faults.extend([Fault.status(422, {"error": "Input validation error", "error_type": "validation"})] * 3)
+    args = ["--batch", str(prompts), "--output", str(output), "--url", tgi.url, "--no-progress"]
+    assert main([*args, "--protocol", "tgi"]) == 1
+    summary, error, hint = stderr_lines(capsys)
+    assert summary == f"0/3 answered, 3 failed (rerun the command to retry them; {output} has each error)"
+    assert error.startswith("first error: ") and "HTTP 422" in error
+    assert hint.startswith("hint: the server refused the request")
+    assert [record["error"]["type"] for record in read_output(output)] == ["ValidationError"] * 3
 
 
 def test_missing_pipeline_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -458,3 +478,275 @@ def test_endpoint_and_redirect_failures_have_their_own_hints(
         assert main(["hi", "--url", server.url, "--api-type", "inference_endpoints"]) == 1
     lines = stderr_lines(capsys)
     assert lines[-1] == f"hint: {hint}" or lines[-1].startswith(f"hint: {hint}")
+
+
+# --- tokens on the command line (issue 20) ---------------------------------------------------------
+
+KEY_FILE = "hf_first_line_of_the_key_file\n# created 2024-05-01 for the batch jobs"
+KEY_PIECES = ["hf_first_line_of_the_key_file", "# created 2024-05-01 for the batch jobs", "created 2024"]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_token_that_cannot_be_a_header_is_named_by_its_variable_never_shown(
+    tgi: FakeTGI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], verbose: bool
+) -> None:
+    monkeypatch.setenv("MY_KEY", KEY_FILE)
+    assert main(["hi", "--url", tgi.url, "--token-env", "MY_KEY", *(["--verbose"] if verbose else [])]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "error: the token in the environment variable MY_KEY cannot be sent in an HTTP header: it contains a line "
+        "break (was a file of several lines read into it?). A token is one line of printable ASCII; set it to the "
+        "token alone"
+    )
+    assert not [piece for piece in KEY_PIECES if piece in err]
+    assert tgi.requests == []
+
+
+def test_a_batch_with_a_token_that_cannot_be_a_header_stops_before_any_prompt(
+    tgi: FakeTGI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MY_KEY", KEY_FILE)
+    prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(prompts, 5)
+    args = ["--batch", str(prompts), "--output", str(output), "--url", tgi.url, "--token-env", "MY_KEY"]
+    assert main([*args, "--no-progress"]) == 1
+    (error,) = stderr_lines(capsys)
+    assert error.startswith("error: the token in the environment variable MY_KEY cannot be sent in an HTTP header")
+    assert read_output(output) == []
+    assert tgi.requests == []
+
+
+def test_the_cli_keeps_any_piece_of_a_token_out_of_what_it_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever a library puts in a message (http.client quotes a header it refuses), the CLI prints no token."""
+    monkeypatch.setenv("HF_TOKEN", KEY_FILE)
+    monkeypatch.setenv("MY_KEY", "Basic dXNlcjpzZWNyZXQtcGFzcw==")
+    context = cli._Context()
+    context.token_vars.add("MY_KEY")
+    for text in (
+        f"Invalid header value {KEY_FILE.encode()!r}",
+        "Invalid header value 'Basic dXNlcjpzZWNyZXQtcGFzcw=='",
+    ):
+        printed = context.redact(text)
+        assert printed.startswith("Invalid header value")
+        assert not [p for p in [*KEY_PIECES, "dXNlcjpzZWNyZXQtcGFzcw=="] if p in printed], printed
+
+
+def test_token_env_hf_token_is_sent_to_the_url_the_user_gave(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_users_own_token_123456")
+    with FakeTGI(api_key="hf_users_own_token_123456") as server:
+        assert main(["hi", "--url", server.url, "--token-env", "HF_TOKEN", "--no-stream"]) == 0
+        assert {r.headers.get("authorization") for r in server.requests} == {"Bearer hf_users_own_token_123456"}
+
+
+def test_a_401_with_hf_token_withheld_says_why_and_how_to_send_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_users_own_token_123456")
+    with FakeTGI(api_key="hf_users_own_token_123456") as server:
+        assert main(["hi", "--url", server.url, "--no-stream"]) == 1
+        assert {r.headers.get("authorization") for r in server.requests} == {None}
+    error, hint = stderr_lines(capsys)
+    assert "HTTP 401" in error
+    assert hint == (
+        "hint: HF_TOKEN is set but was not sent: the default token goes to Hugging Face hosts over https only; to "
+        "send it to --url deliberately, pass --token-env HF_TOKEN"
+    )
+
+
+def test_a_401_with_the_chosen_token_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MY_KEY", "a-wrong-key-123456")
+    with FakeTGI(api_key="the-right-key-123456") as server:
+        assert main(["hi", "--url", server.url, "--token-env", "MY_KEY", "--no-stream"]) == 1
+    _, hint = stderr_lines(capsys)
+    assert hint == "hint: check the token in the environment variable MY_KEY and its permissions for this server"
+
+
+def pipeline_file(path: Path, url: str, *, token: str = "", components: str = "", connections: str = "[]") -> Path:
+    path.write_text(
+        "components:\n"
+        f"{components}"
+        f"  llm:\n    type: {cli._NAME}\n    init_parameters:\n      api_type: text_generation_inference\n"
+        f"      api_params:\n        url: {url}\n{token}"
+        f"connections: {connections}\n"
+    )
+    return path
+
+
+def test_a_401_from_a_pipeline_naming_hf_token_explains_the_host_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pipeline file may come from anyone: naming HF_TOKEN in it does not send your token to its server."""
+    monkeypatch.setenv("HF_TOKEN", "hf_users_own_token_123456")
+    token = "      token:\n        type: env_var\n        env_vars: [HF_TOKEN]\n        strict: false\n"
+    with FakeTGI(api_key="hf_users_own_token_123456") as server:
+        pipeline = pipeline_file(tmp_path / "p.yaml", server.url, token=token)
+        assert main(["hi", "--pipeline", str(pipeline), "--no-stream"]) == 1
+        assert {r.headers.get("authorization") for r in server.requests} == {None}
+        url = server.url
+    _, hint = stderr_lines(capsys)
+    assert hint == (
+        "hint: the pipeline's token names HF_TOKEN, which is sent to Hugging Face hosts only, never to a server a "
+        f"pipeline file names (such a file may come from anyone); to send a token to {url} deliberately, "
+        "export it under another name and set the component's token to {type: env_var, env_vars: [THAT_NAME]}"
+    )
+
+
+@pytest.mark.parametrize(("value", "state"), [(None, "is not set"), ("  ", "is empty")])
+def test_token_env_naming_a_variable_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str | None, state: str
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("MY_KEY", value)
+    with FakeTGI() as server:
+        assert main(["hi", "--url", server.url, "--token-env", "MY_KEY"]) == 1
+        assert server.requests == []
+    assert stderr_lines(capsys) == [f"error: --token-env MY_KEY: the environment variable MY_KEY {state}"]
+
+
+# --- pipelines, stdin, flags (issue 20) ------------------------------------------------------------
+
+BUILDER = "haystack.components.builders.prompt_builder.PromptBuilder"
+
+
+def builder_pipeline(path: Path, url: str, variable: str) -> Path:
+    builder = (
+        f"  builder:\n    type: {BUILDER}\n    init_parameters:\n"
+        f"      template: 'Answer briefly: {{{{ {variable} }}}}'\n      required_variables: '*'\n"
+    )
+    connections = "\n- sender: builder.prompt\n  receiver: llm.prompt"
+    return pipeline_file(path, url, components=builder, connections=connections)
+
+
+def test_pipeline_feeds_the_prompt_builder_that_takes_prompt(
+    tgi: FakeTGI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = builder_pipeline(tmp_path / "p.yaml", tgi.url, "prompt")
+    assert main(["What is NLP?", "--pipeline", str(pipeline), "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out == "Natural Language\n"  # streamed through the generator
+    assert tgi.requests[-1].json["inputs"] == "Answer briefly: What is NLP?"
+
+
+def test_pipeline_without_a_prompt_input_says_which_input_and_how_to_map_it(
+    tgi: FakeTGI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = builder_pipeline(tmp_path / "p.yaml", tgi.url, "question")
+    with pytest.raises(SystemExit) as exited:
+        main(["What is NLP?", "--pipeline", str(pipeline)])
+    assert exited.value.code == 2
+    assert (
+        "no component of --pipeline takes an unconnected input 'prompt' (its mandatory inputs: builder.question); "
+        "say where the prompt goes with --prompt-input builder.question"
+    ) in capsys.readouterr().err
+    assert tgi.requests == []
+
+    assert main(["What is NLP?", "--pipeline", str(pipeline), "--prompt-input", "builder.question", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["replies"] == [TEXT]
+    assert tgi.requests[-1].json["inputs"] == "Answer briefly: What is NLP?"
+
+
+def test_prompt_input_must_name_an_unconnected_input(
+    tgi: FakeTGI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = builder_pipeline(tmp_path / "p.yaml", tgi.url, "question")
+    with pytest.raises(SystemExit):
+        main(["hi", "--pipeline", str(pipeline), "--prompt-input", "llm.prompt"])
+    err = capsys.readouterr().err
+    assert "--prompt-input llm.prompt is not an unconnected input of --pipeline (builder.question," in err
+
+
+def test_component_must_name_a_generator_of_the_pipeline(
+    tgi: FakeTGI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = pipeline_file(tmp_path / "p.yaml", tgi.url)
+    with pytest.raises(SystemExit) as exited:
+        main(["hi", "--pipeline", str(pipeline), "--component", "generator"])
+    assert exited.value.code == 2
+    assert "--component generator is not a HuggingFaceAPIGenerator of --pipeline (['llm'])" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("stdin", "sent"), [("What is NLP?\n", "What is NLP?"), ("two\nlines\n\n", "two\nlines\n")])
+def test_dash_reads_the_prompt_from_stdin(
+    tgi: FakeTGI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stdin: str, sent: str
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    assert main(["-", "--url", tgi.url, "--no-stream"]) == 0
+    assert tgi.requests[-1].json["inputs"] == sent  # only the line ending echo adds is dropped
+    assert capsys.readouterr().out == TEXT + "\n"
+
+
+def test_an_empty_stdin_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    with pytest.raises(SystemExit) as exited:
+        main(["-", "--url", "http://127.0.0.1:1"])
+    assert exited.value.code == 2
+    assert "the prompt read from stdin (-) is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--timeout", "0", "argument --timeout: must be a positive number of seconds, got '0'"),
+        ("--timeout", "inf", "argument --timeout: must be a positive number of seconds, got 'inf'"),
+        ("--max-new-tokens", "0", "argument --max-new-tokens: must be an integer >= 1, got '0'"),
+        ("--temperature", "-1", "argument --temperature: must be a number >= 0 (0 means greedy decoding), got '-1'"),
+        ("--seed", "x", "argument --seed: must be an integer >= 0, got 'x'"),
+        ("--concurrency", "0", "argument --concurrency: must be an integer >= 1, got '0'"),
+        ("--generation-kwargs", '{"top_k": 0}', "argument --generation-kwargs: 'top_k' must be an integer >= 1, got 0"),
+        ("--generation-kwargs", '{"max_tokens": 9}', "argument --generation-kwargs: 'max_tokens' is not a known"),
+    ],
+)
+def test_a_bad_flag_value_is_a_usage_error_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["hi", "--url", "http://127.0.0.1:1", flag, value])
+    assert exited.value.code == 2
+    assert f"hf-api-generate: error: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["hi", "--pipeline", "p.yaml", "--url", "http://h"], "--url does not apply to --pipeline: the saved"),
+        (["hi", "--pipeline", "p.yaml", "--timeout", "5"], "--timeout does not apply to --pipeline"),
+        (
+            ["hi", "--pipeline", "p.yaml", "--token-env", "K"],
+            "--token-env does not apply to --pipeline: the saved component has its 'token'",
+        ),
+        (["hi", "--pipeline", "p.yaml", "--stop", "x"], "--stop does not apply to --pipeline"),
+        (["hi", "--url", "http://h", "--component", "llm"], "--component applies to --pipeline only"),
+        (["hi", "--url", "http://h", "--prompt-input", "b.q"], "--prompt-input applies to --pipeline only"),
+        (["hi", "--url", "http://h", "--output", "o.jsonl"], "--output applies to --batch only"),
+        (["hi", "--url", "http://h", "--concurrency", "2"], "--concurrency applies to --batch only"),
+        (["hi", "--batch", "b", "--output", "o", "--url", "http://h"], "give a prompt or --batch, not both"),
+        (["--batch", "b", "--output", "o", "--url", "http://h", "--json"], "--json does not apply to --batch"),
+        (["hi", "--url", "http://h", "--provider", "together"], "--provider applies to Inference Providers only"),
+    ],
+)
+def test_a_flag_that_does_not_apply_is_refused(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert f"hf-api-generate: error: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "org/m", "--protocol", "chat"], "error: --protocol applies to URL-based api types"),
+        (
+            ["--url", "http://h", "--api-type", "serverless_inference_api"],
+            "error: --url does not apply to 'serverless_inference_api'",
+        ),
+    ],
+)
+def test_a_combination_the_generator_refuses_names_the_flags(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(["hi", *argv]) == 1
+    (error,) = stderr_lines(capsys)
+    assert error.startswith(message)

@@ -382,13 +382,15 @@ def test_cli_batch_resumes_after_sigkill(model_url: str, tmp_path: Path) -> None
         sent_second = proxy.take()
 
     final = [json.loads(line) for line in batch_out.read_text(encoding="utf-8").splitlines()]
-    assert [record["id"] for record in final] == list(by_id)  # each prompt once, in input order
+    assert sorted(record["id"] for record in final) == sorted(by_id)  # each prompt once, in the order answered
     assert all(record["reply"].strip() and "error" not in record for record in final)
     final_by_id = {record["id"]: record for record in final}
     assert all(final_by_id[record["id"]] == record for record in before)  # kept as written before the kill
     # The rerun asked for exactly the prompts that had no answer yet, each once.
     assert sorted(sent_second) == sorted(by_id[key] for key in by_id if key not in answered_before)
     assert f"{len(prompts)}/{len(prompts)} answered, 0 failed" in second.stderr
+    skipped = f"resuming {batch_out}: {len(before)} answered earlier with the same prompt and settings: skipped"
+    assert skipped in second.stderr.splitlines()
     # The per-prompt generation_kwargs were applied.
     assert final_by_id["q11"]["meta"]["usage"]["completion_tokens"] == 4
     assert all(final_by_id[key]["meta"]["usage"]["completion_tokens"] <= 8 for key in by_id)

@@ -1,10 +1,12 @@
 """
 Command line: `hf-api-generate`.
 
-- `hf-api-generate "prompt" --url http://localhost:8080` streams one reply to the terminal;
+- `hf-api-generate "prompt" --url http://localhost:8080` streams one reply to the terminal (`-` reads the prompt
+  from stdin);
 - `hf-api-generate "prompt" --pipeline pipeline.yaml` runs a saved pipeline with query-time parameters;
 - `hf-api-generate --batch prompts.jsonl --output replies.jsonl` answers many prompts concurrently and
-  resumes after an interruption: what is answered is skipped, what failed is tried again.
+  resumes after an interruption: what was answered for the same prompt with the same settings is skipped, the
+  rest is asked (again).
 
 Failures are reported in one or two lines on stderr (`error: ...`, then `hint: ...` saying what to check);
 `--verbose` prints the traceback first. Exit codes: 0 success, 1 a failure at run time (the server, a file,
@@ -16,14 +18,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import math
 import os
 import re
+import stat
 import sys
+import tempfile
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,7 +37,8 @@ from haystack.core.errors import PipelineRuntimeError
 from haystack.dataclasses import StreamingChunk
 from haystack.utils import Secret
 
-from ._config import HFGenerationAPIType, check_server_url
+from ._auth import AMBIENT_TOKEN_VARS, Credentials, chosen_env_var, origin_of, source_of, withheld_variable
+from ._config import HFGenerationAPIType, check_generation_kwargs, check_server_url
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -58,6 +65,7 @@ EXIT_USAGE = 2  # what argparse uses
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 _MAX_MESSAGE = 600
+_DEFAULT_CONCURRENCY = 8
 
 
 class CLIError(Exception):
@@ -69,14 +77,61 @@ class CLIError(Exception):
         self.hint = hint
 
 
+# --- flags ----------------------------------------------------------------------------------------
+
+
 def _json_object(text: str) -> dict[str, Any]:
-    """argparse type of `--generation-kwargs`: a JSON object."""
+    """argparse type of `--generation-kwargs`: a JSON object of generation parameters the generator accepts."""
     try:
         value = json.loads(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"not valid JSON ({error})") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"top_k\": 10}}', got {text!r}")
+    try:
+        check_generation_kwargs(value, "")
+    except ValueError as error:  # "['top_k'] must be ...": the key, without a dict name before it
+        raise argparse.ArgumentTypeError(re.sub(r"^\[('[^']*')\]", r"\1", str(error))) from None
+    return value
+
+
+def _generation_value(key: str, kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse type of `--max-new-tokens` and its kind: the generator's own rule, reported for the flag."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = text  # not a number: the check below fails and states the rule
+        try:
+            check_generation_kwargs({key: value}, "")
+        except ValueError as error:
+            rule = str(error).partition(" must be ")[2].rpartition(", got ")[0]
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """argparse type of `--timeout`."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of `--concurrency`."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
 
 
@@ -88,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 1 failure at run time (server, file, failed prompts), 2 usage error, "
         "130 interrupted.",
     )
-    parser.add_argument("prompt", nargs="?", help="the prompt (omit with --batch)")
+    parser.add_argument("prompt", nargs="?", help="the prompt, or - to read it from stdin (omit with --batch)")
     target = parser.add_argument_group("target")
     target.add_argument(
         "--api-type",
@@ -102,19 +157,26 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--protocol", choices=["auto", "tgi", "completions", "chat"], help="wire protocol (default: auto)"
     )
-    target.add_argument("--timeout", type=float, help="connect and read timeout in seconds")
+    target.add_argument("--timeout", type=_seconds, help="connect and read timeout in seconds")
     target.add_argument(
         "--token-env",
         metavar="VAR",
-        help="send the token held by this environment variable to --url (e.g. TGI's --api-key); by default "
-        "HF_TOKEN / HF_API_TOKEN, sent to Hugging Face hosts only",
+        help="send the token held by this environment variable to --url (e.g. TGI's --api-key; HF_TOKEN too, "
+        "when you name it); by default HF_TOKEN / HF_API_TOKEN, sent to Hugging Face hosts only",
     )
     target.add_argument("--pipeline", type=Path, help="run this saved pipeline (YAML) instead of a single generator")
     target.add_argument("--component", help="with --pipeline: the generator's name (default: the only one)")
+    target.add_argument(
+        "--prompt-input",
+        metavar="COMPONENT.INPUT",
+        help="with --pipeline: the input that receives the prompt (default: the component input named 'prompt')",
+    )
     generation = parser.add_argument_group("generation")
-    generation.add_argument("--max-new-tokens", type=int, help="maximum tokens to generate")
-    generation.add_argument("--temperature", type=float)
-    generation.add_argument("--seed", type=int)
+    generation.add_argument(
+        "--max-new-tokens", type=_generation_value("max_new_tokens", int), help="maximum tokens to generate"
+    )
+    generation.add_argument("--temperature", type=_generation_value("temperature", float))
+    generation.add_argument("--seed", type=_generation_value("seed", int))
     generation.add_argument(
         "--generation-kwargs", type=_json_object, default={}, metavar="JSON", help="e.g. '{\"top_k\": 10}'"
     )
@@ -132,8 +194,15 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--batch", type=Path, metavar="IN.jsonl", help='prompts, one per line: {"id": ..., "prompt": ...}'
     )
-    batch.add_argument("--output", type=Path, metavar="OUT.jsonl", help="replies, one per line (resumable)")
-    batch.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    batch.add_argument(
+        "--output",
+        metavar="OUT.jsonl",
+        help="replies, one per line, resumable; - for stdout (not resumable)",
+    )
+    batch.add_argument(
+        "--overwrite", action="store_true", help="replace an --output that is not this batch's replies file"
+    )
+    batch.add_argument("--concurrency", type=_positive_int, help=f"requests in flight (default {_DEFAULT_CONCURRENCY})")
     batch.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "-v",
@@ -152,6 +221,50 @@ def _unescape(word: str) -> str:
     return re.sub(r"\\([ntr\\])", lambda match: _ESCAPES[match.group(1)], word)
 
 
+# Flags that belong to one mode only, and how each mode explains that it has no use for them.
+_TARGET_FLAGS = ("url", "model", "provider", "protocol", "timeout", "api_type", "token_env", "stop")
+_PIPELINE_FLAGS = ("component", "prompt_input")
+_BATCH_FLAGS = ("output", "overwrite", "concurrency", "no_progress")
+_SINGLE_FLAGS = ("json", "no_stream")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    return getattr(args, dest) not in (None, False)
+
+
+def _refuse_flags_that_do_not_apply(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A flag that would be ignored is a usage error: the user meant something by it."""
+    if args.batch:
+        if args.prompt is not None:
+            parser.error("give a prompt or --batch, not both")
+        if args.pipeline:
+            parser.error("--batch runs one generator; give --url or --model rather than --pipeline")
+        for dest in _SINGLE_FLAGS:
+            if _given(args, dest):
+                parser.error(f"{_flag(dest)} does not apply to --batch: replies go to --output as JSON lines")
+    else:
+        for dest in _BATCH_FLAGS:
+            if _given(args, dest):
+                parser.error(f"{_flag(dest)} applies to --batch only")
+    if args.pipeline:
+        for dest in _TARGET_FLAGS:
+            if _given(args, dest):
+                what = "its 'token'" if dest == "token_env" else "its own settings"
+                parser.error(f"{_flag(dest)} does not apply to --pipeline: the saved component has {what}")
+    else:
+        for dest in _PIPELINE_FLAGS:
+            if _given(args, dest):
+                parser.error(f"{_flag(dest)} applies to --pipeline only")
+    if not args.pipeline and not args.url and not args.model:
+        parser.error("give --url (a server) or --model (Inference Providers), or --pipeline")
+    if args.provider and (args.url or (args.api_type or "serverless_inference_api") != "serverless_inference_api"):
+        parser.error("--provider applies to Inference Providers only (--model without --url)")
+
+
 def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = dict(args.generation_kwargs)
     for key in ("max_new_tokens", "temperature", "seed"):
@@ -163,15 +276,72 @@ def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 #: The generator's own default: HF_TOKEN / HF_API_TOKEN, for Hugging Face hosts only.
 _DEFAULT_TOKEN = Secret.from_env_var(["HF_API_TOKEN", "HF_TOKEN"], strict=False)
 
+# The generator names its parameters; the command line user knows the flags that set them.
+_FLAG_OF_PARAMETER = {
+    "api_params['url']": "--url",
+    "api_params['model']": "--model",
+    "api_params['provider']": "--provider",
+    "api_params['protocol']": "--protocol",
+    "api_params['timeout']": "--timeout",
+    "api_type": "--api-type",
+}
 
-def _generator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> HuggingFaceAPIGenerator:
+
+@dataclass
+class _Context:
+    """What reporting a failure needs to know about this run: the tokens to keep out of every line, the 401 hint."""
+
+    token_vars: set[str] = field(default_factory=lambda: set(AMBIENT_TOKEN_VARS))
+    auth_hint: str | None = None
+
+    def redact(self, text: str) -> str:
+        """`text` without the value, or any piece of the value, of a token variable in play."""
+        for name in sorted(self.token_vars):
+            value = os.environ.get(name)
+            if value and value.strip():
+                text = Credentials(Secret.from_token(value)).redact(text)
+        return text
+
+
+def _token_hint(token: Secret | None, url: str | None, *, pipeline: bool) -> str:
+    """What a 401 means here: which token went (or did not go) to the server, and how to send the right one."""
+    withheld = withheld_variable(token, url) if url else None
+    if withheld is not None and pipeline:
+        return (
+            f"the pipeline's token names {withheld}, which is sent to Hugging Face hosts only, never to a server a "
+            f"pipeline file names (such a file may come from anyone); to send a token to {origin_of(url or '')} "
+            "deliberately, export it under another name and set the component's token to "
+            "{type: env_var, env_vars: [THAT_NAME]}"
+        )
+    if withheld is not None:
+        return (
+            f"{withheld} is set but was not sent: the default token goes to Hugging Face hosts over https only; "
+            f"to send it to --url deliberately, pass --token-env {withheld}"
+        )
+    try:
+        value = token.resolve_value() if token is not None else None
+    except ValueError:  # a strict variable that is not set
+        value = None
+    if token is None or not value:
+        where = "the component's 'token'" if pipeline else "--token-env VAR"
+        return f"no token was sent: set HF_TOKEN for Hugging Face hosts, or give {where} for another server"
+    return f"check {source_of(token)} and its permissions for this server"
+
+
+def _generator(args: argparse.Namespace, parser: argparse.ArgumentParser, context: _Context) -> HuggingFaceAPIGenerator:
     if not args.url and not args.model:
         parser.error("give --url (a server) or --model (Inference Providers), or --pipeline")
     if args.url:
         advice = "export it as MY_TOKEN and pass --token-env MY_TOKEN (a 'Basic <base64>' value is sent as it is)"
         check_server_url(args.url, "--url", advice)
     api_type = args.api_type or ("text_generation_inference" if args.url else "serverless_inference_api")
-    token = Secret.from_env_var(args.token_env) if args.token_env else _DEFAULT_TOKEN
+    # A variable named on the command line is the user's choice for this URL: sent, whatever its name.
+    token = chosen_env_var(args.token_env) if args.token_env else _DEFAULT_TOKEN
+    if args.token_env:
+        context.token_vars.add(args.token_env)
+        if not (os.environ.get(args.token_env) or "").strip():
+            state = "is not set" if os.environ.get(args.token_env) is None else "is empty"
+            raise CLIError(f"--token-env {args.token_env}: the environment variable {args.token_env} {state}")
     api_params: dict[str, Any] = {
         key: value
         for key, value in {
@@ -183,7 +353,18 @@ def _generator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Hug
         }.items()
         if value is not None
     }
-    return HuggingFaceAPIGenerator(api_type=api_type, api_params=api_params, token=token, stop_words=args.stop)
+    try:
+        generator = HuggingFaceAPIGenerator(api_type=api_type, api_params=api_params, token=token, stop_words=args.stop)
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        for name, flag in _FLAG_OF_PARAMETER.items():
+            message = message.replace(name, flag)
+        raise CLIError(message) from error
+    context.auth_hint = _token_hint(token, args.url, pipeline=False)
+    return generator
+
+
+# --- one prompt -----------------------------------------------------------------------------------
 
 
 class _Printer:
@@ -198,15 +379,27 @@ class _Printer:
         print(chunk.content, end="", flush=True)
 
 
-def _run_one(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The prompt argument; `-` reads stdin, without the one line ending `echo` adds."""
+    if args.prompt != "-":
+        return str(args.prompt)
+    text = sys.stdin.read()
+    text = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    if not text.strip():
+        parser.error("the prompt read from stdin (-) is empty")
+    return text
+
+
+def _run_one(args: argparse.Namespace, parser: argparse.ArgumentParser, context: _Context) -> int:
     printer = None if args.no_stream or args.json else _Printer()
     kwargs = _generation_kwargs(args)
+    prompt = _prompt(args, parser)
     try:
         if args.pipeline:
-            result = _run_pipeline(args, parser, kwargs, printer)
+            result = _run_pipeline(args, parser, prompt, kwargs, printer, context)
         else:
-            with _generator(args, parser) as generator:
-                result = generator.run(args.prompt, streaming_callback=printer, generation_kwargs=kwargs or None)
+            with _generator(args, parser, context) as generator:
+                result = generator.run(prompt, streaming_callback=printer, generation_kwargs=kwargs or None)
     except BaseException:
         if printer is not None and printer.printed:
             print(flush=True)  # end the partial reply's line before the error is reported
@@ -218,6 +411,9 @@ def _run_one(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         print()
     return EXIT_OK
+
+
+# --- a saved pipeline -----------------------------------------------------------------------------
 
 
 def _load_pipeline(path: Path) -> Any:
@@ -236,29 +432,98 @@ def _load_pipeline(path: Path) -> Any:
         ) from error
 
 
+def _prompt_input(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, open_inputs: dict[str, dict[str, Any]]
+) -> tuple[str, str]:
+    """
+    Where the prompt goes: `--prompt-input COMPONENT.INPUT`, else the one component whose unconnected inputs
+    include `prompt` (a generator fed by a PromptBuilder has its prompt connected: the builder is fed instead).
+    """
+    listed = ", ".join(f"{c}.{i}" for c, inputs in open_inputs.items() for i in inputs) or "none"
+    if args.prompt_input:
+        component, _, name = args.prompt_input.partition(".")
+        if name not in open_inputs.get(component, {}):
+            parser.error(f"--prompt-input {args.prompt_input} is not an unconnected input of --pipeline ({listed})")
+        return component, name
+    takers = [component for component, inputs in open_inputs.items() if "prompt" in inputs]
+    if len(takers) == 1:
+        return takers[0], "prompt"
+    mandatory = [f"{c}.{i}" for c, inputs in open_inputs.items() for i, spec in inputs.items() if spec["is_mandatory"]]
+    if not takers:
+        example = mandatory[0] if mandatory else "COMPONENT.INPUT"
+        parser.error(
+            f"no component of --pipeline takes an unconnected input 'prompt' (its mandatory inputs: "
+            f"{', '.join(mandatory) or 'none'}); say where the prompt goes with --prompt-input {example}"
+        )
+    parser.error(
+        f"components {', '.join(takers)} of --pipeline all take 'prompt'; choose one with --prompt-input "
+        f"{takers[0]}.prompt"
+    )
+
+
 def _run_pipeline(
     args: argparse.Namespace,
     parser: argparse.ArgumentParser,
+    prompt: str,
     kwargs: dict[str, Any],
     callback: Callable[[StreamingChunk], None] | None,
+    context: _Context,
 ) -> dict[str, Any]:
-    if args.stop:
-        parser.error("--stop does not apply to --pipeline: stop words are part of the saved component")
     pipeline = _load_pipeline(args.pipeline)
     names = [name for name, data in pipeline.to_dict()["components"].items() if data["type"] == _NAME]
+    if args.component is not None and args.component not in names:
+        parser.error(f"--component {args.component} is not a HuggingFaceAPIGenerator of --pipeline ({names})")
     name = args.component or (names[0] if len(names) == 1 else None)
     if name is None:
         parser.error(f"--pipeline has {len(names)} HuggingFaceAPIGenerator components {names}; choose with --component")
-    inputs: dict[str, Any] = {"prompt": args.prompt}
-    if kwargs:
-        inputs["generation_kwargs"] = kwargs
-    if callback is not None:
-        inputs["streaming_callback"] = callback
-    output: dict[str, Any] = pipeline.run({name: inputs})[name]
+    generator: HuggingFaceAPIGenerator = pipeline.get_component(name)
+    if generator.token is not None and generator.token.type.value == "env_var":
+        context.token_vars.update(generator.token.to_dict()["env_vars"])
+    context.auth_hint = _token_hint(generator.token, generator.api_params.get("url"), pipeline=True)
+
+    open_inputs: dict[str, dict[str, Any]] = pipeline.inputs()
+    component, input_name = _prompt_input(args, parser, open_inputs)
+    data: dict[str, dict[str, Any]] = {component: {input_name: prompt}}
+    for key, value in (("generation_kwargs", kwargs), ("streaming_callback", callback)):
+        if value and key in open_inputs.get(name, {}):
+            data.setdefault(name, {})[key] = value
+        elif value and key == "generation_kwargs":
+            raise CLIError(f"the generation flags cannot reach {name}: its generation_kwargs input is connected")
+    unfed = [
+        f"{c}.{i}"
+        for c, inputs in open_inputs.items()
+        for i, spec in inputs.items()
+        if spec["is_mandatory"] and i not in data.get(c, {})
+    ]
+    if unfed:
+        raise CLIError(
+            f"--pipeline {args.pipeline} needs {', '.join(unfed)}, which the command line does not give (it gives "
+            f"the prompt, to {component}.{input_name})",
+            "choose where the prompt goes with --prompt-input COMPONENT.INPUT, or give the other inputs defaults "
+            "in the pipeline",
+        )
+    result = pipeline.run(data, include_outputs_from={name})
+    if name not in result:
+        raise CLIError(f"--pipeline {args.pipeline} finished without running {name}")
+    output: dict[str, Any] = result[name]
     return output
 
 
-# --- batch ----------------------------------------------------------------------------------------
+# --- batch: the files -----------------------------------------------------------------------------
+#
+# The output is a log of records, one JSON object a line, appended (one write and a flush each) as prompts are
+# answered: a kill tears at most the last line, which the next run cuts off. Each record carries a fingerprint of
+# what decided its reply (prompt, generation parameters, server, model, protocol, stop words); a later run reuses
+# a reply only for the same id with the same fingerprint. At the end of a resumed pass, the log is compacted
+# (temp file + rename): the latest record per id, in the order they were written.
+
+# Every record starts so (the id first): this tells a torn record of ours from a file that is not ours.
+_RECORD_START = b'{"id": '
+
+
+def _key_hash(key: str) -> int:
+    """A 64-bit digest of an id: what the resume index keeps instead of the id itself."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,69 +534,282 @@ class BatchItem:
     id: Any
     prompt: str
     generation_kwargs: dict[str, Any] | None
+    fingerprint: str
+    line: int
 
 
-def _read_prompts(path: Path) -> list[BatchItem]:
-    """Reads `{"id", "prompt", "generation_kwargs"?}` lines (or bare JSON strings); ids default to line numbers."""
+class _Settings:
+    """What, besides the prompt, decides a reply: the target, the generation flags and the stop words."""
+
+    def __init__(self, args: argparse.Namespace, base_kwargs: dict[str, Any]) -> None:
+        self.base_kwargs = base_kwargs
+        api_type = args.api_type or ("text_generation_inference" if args.url else "serverless_inference_api")
+        target = [api_type, args.url, args.model, args.provider, args.protocol or "auto", args.stop or []]
+        self._target = json.dumps(target, ensure_ascii=False)
+
+    def fingerprint(self, prompt: str, kwargs: dict[str, Any] | None) -> str:
+        # As the generator sees them: the line's kwargs over the flags' ones, None meaning "the server's default".
+        merged = {key: value for key, value in {**self.base_kwargs, **(kwargs or {})}.items() if value is not None}
+        text = json.dumps([self._target, merged, prompt], sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _parse_prompt_line(path: Path, number: int, line: str, settings: _Settings) -> BatchItem | None:
+    """One line of `--batch`: an item, None for a blank line, or a CLIError naming the file and line."""
+    if not line.strip():
+        return None
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        item = json.loads(line)
+    except ValueError as error:
+        raise CLIError(f"{path}:{number}: not JSON ({error})", "each line is one JSON object or string") from None
+    if isinstance(item, str):
+        item = {"prompt": item}
+    if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+        raise CLIError(f'{path}:{number}: expected {{"prompt": "..."}} or a JSON string')
+    if not item["prompt"].strip():
+        raise CLIError(f"{path}:{number}: the prompt is empty")
+    kwargs = item.get("generation_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise CLIError(f"{path}:{number}: generation_kwargs must be a JSON object, got {json.dumps(kwargs)}")
+    try:
+        check_generation_kwargs(kwargs, "generation_kwargs")
+    except ValueError as error:
+        raise CLIError(f"{path}:{number}: {error}") from None
+    given_id, prompt = item.get("id", number), item["prompt"]
+    return BatchItem(str(given_id), given_id, prompt, kwargs, settings.fingerprint(prompt, kwargs), number)
+
+
+def _prompt_items(path: Path, settings: _Settings) -> Iterator[BatchItem]:
+    """The prompts of `--batch`, read one line at a time."""
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                item = _parse_prompt_line(path, number, line, settings)
+                if item is not None:
+                    yield item
     except (OSError, UnicodeDecodeError) as error:
         raise CLIError(f"cannot read --batch {path}: {_reason(error)}") from error
-    prompts: list[BatchItem] = []
-    seen: set[str] = set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except ValueError as error:
-            raise CLIError(f"{path}:{number}: not JSON ({error})", "each line is one JSON object or string") from None
-        if isinstance(item, str):
-            item = {"prompt": item}
-        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-            raise CLIError(f'{path}:{number}: expected {{"prompt": "..."}} or a JSON string')
-        kwargs = item.get("generation_kwargs")
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise CLIError(f"{path}:{number}: generation_kwargs must be a JSON object, got {json.dumps(kwargs)}")
-        given_id = item.get("id", number)
-        key = str(given_id)
-        if key in seen:
-            raise CLIError(f"{path}:{number}: duplicate id {key!r}")
-        seen.add(key)
-        prompts.append(BatchItem(key, given_id, item["prompt"], kwargs))
-    return prompts
 
 
-def _read_done(path: Path) -> dict[str, dict[str, Any]]:
-    """The latest record per id in an output file. A torn last line (killed mid-write) is dropped."""
-    records: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return records
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise CLIError(f"cannot read --output {path}: {_reason(error)}") from error
-    good: list[str] = []
-    for line in lines:
+class _IdFilter:
+    """
+    Finds repeated ids in a fixed amount of memory: a Bloom filter flags each id it may have seen before, and
+    only those few are kept, for a second reading that tells a true repeat from a false alarm.
+    """
+
+    _BITS = 1 << 24  # 2 MiB: about 0.2 % false alarms at a million ids
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self._BITS // 8)
+        self.suspects: set[str] = set()
+
+    def add(self, key: str) -> None:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        known = True
+        for i in range(0, 16, 4):
+            bit = int.from_bytes(digest[i : i + 4], "little") & (self._BITS - 1)
+            byte, mask = bit >> 3, 1 << (bit & 7)
+            if not self._bits[byte] & mask:
+                known = False
+                self._bits[byte] |= mask
+        if known:
+            self.suspects.add(key)
+
+
+class _Index:
+    """
+    What an existing output holds, per id: whether its latest record is a reply, and that record's fingerprint.
+
+    Kept as two 64-bit numbers per record, about 125 bytes: resuming holds one entry per record of `--output`
+    (a fresh run, none).
+    """
+
+    _REPLY, _SEEN = 1, 2
+
+    def __init__(self) -> None:
+        self._entries: dict[int, int] = {}
+        self.records = 0
+        self.repeated = False  # some id has several records (a killed resume): the log needs compacting
+
+    @staticmethod
+    def _fingerprint_bits(fingerprint: Any) -> int:
         try:
-            record = json.loads(line)
+            return int(str(fingerprint)[:16], 16) << 2
         except ValueError:
-            continue
-        if isinstance(record, dict) and "id" in record:
-            records[str(record["id"])] = record
-            good.append(line)
-    _rewrite(path, good)
-    return records
+            return 0  # no fingerprint (an older hf-api-generate): never matches
+
+    def add(self, record: dict[str, Any]) -> None:
+        key = _key_hash(str(record["id"]))
+        self.repeated = self.repeated or key in self._entries
+        self._entries[key] = self._fingerprint_bits(record.get("fingerprint")) | ("reply" in record and self._REPLY)
+        self.records += 1
+
+    def look_up(self, item: BatchItem) -> tuple[bool, bool, bool]:
+        """(recorded, a reply, with this fingerprint) for the id of `item`; marks the id as part of this batch."""
+        key = _key_hash(item.key)
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, False, False
+        self._entries[key] = entry | self._SEEN
+        return True, bool(entry & self._REPLY), entry >> 2 == self._fingerprint_bits(item.fingerprint) >> 2
+
+    def reusable(self, item: BatchItem) -> bool:
+        """Whether the latest record of this id is a reply to the same prompt with the same settings."""
+        _, reply, same = self.look_up(item)
+        return reply and same
+
+    def replies(self) -> int:
+        return sum(1 for entry in self._entries.values() if entry & self._REPLY)
+
+    def unseen(self) -> int:
+        """Ids recorded in the output that this batch does not have."""
+        return sum(1 for entry in self._entries.values() if not entry & self._SEEN)
 
 
-def _rewrite(path: Path, lines: Sequence[str]) -> None:
-    """Replaces the file atomically: an interruption leaves either the old or the new file."""
-    temporary = path.with_name(path.name + ".tmp")
+@dataclass
+class _Output:
+    """Where records go. `real` is the file written (symlinks followed), None for a stream such as stdout."""
+
+    shown: str
+    real: Path | None
+    stream: TextIO | None = None
+    torn_at: int | None = None  # where a torn last record starts, cut off before appending
+    needs_newline: bool = False  # the last record is whole but its newline was not written
+
+
+class _NotReplies(Exception):
+    """The output file holds something other than records of hf-api-generate."""
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return os.path.samestat(a, b)
+
+
+def _output_target(args: argparse.Namespace) -> _Output:
+    """Resolves `--output`: stdout and other non-files are streams, written and never read back."""
+    shown = str(args.output)
+    if shown == "-":
+        return _Output(shown, None, sys.stdout)
+    path = Path(args.output)
     try:
-        temporary.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(temporary, path)
+        status = path.stat()  # follows symlinks
+    except FileNotFoundError:
+        return _Output(shown, Path(os.path.realpath(path)))
     except OSError as error:
-        raise CLIError(f"cannot write --output {path}: {_reason(error)}") from error
+        raise CLIError(f"cannot write --output {shown}: {_reason(error)}") from error
+    if stat.S_ISDIR(status.st_mode):
+        raise CLIError(f"--output {shown} is a directory", "give a file name, such as replies.jsonl")
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if _same_file(status, os.fstat(sys.stdout.fileno())):
+            return _Output(shown, None, sys.stdout)  # /dev/stdout: this process's own stdout, even a file
+    with contextlib.suppress(OSError):
+        if _same_file(status, args.batch.stat()):
+            raise CLIError(
+                f"--output {shown} is the --batch file: the replies would replace the prompts",
+                "choose another --output",
+            )
+    if not stat.S_ISREG(status.st_mode):
+        return _Output(shown, None)  # a FIFO, a terminal, /dev/null: opened for writing only
+    return _Output(shown, Path(os.path.realpath(path)))
+
+
+def _scan_output(output: _Output, index: _Index) -> None:
+    """
+    Reads the records of an existing output into `index`.
+
+    :raises _NotReplies: When a line is not a record of ours (a torn last record is one of ours).
+    """
+    assert output.real is not None
+    with output.real.open("rb") as file:
+        if not _RECORD_START.startswith(file.read(len(_RECORD_START))):  # a quick no for a file of another kind
+            raise _NotReplies("it does not start with a record")
+        file.seek(0)
+        offset = 0
+        for number, line in enumerate(file, start=1):
+            whole = line.endswith(b"\n")
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and "id" in record and ("reply" in record or "error" in record):
+                index.add(record)
+                output.needs_newline = not whole
+            elif not whole and line.startswith(_RECORD_START):  # a record goes out in one write: its start is whole
+                output.torn_at = offset  # killed while writing it
+            else:
+                raise _NotReplies(f"line {number} is not a record of hf-api-generate")
+            offset += len(line)
+
+
+@dataclass
+class _Survey:
+    """What the batch asks, checked before any request, and what an earlier run already did."""
+
+    total: int = 0
+    reused: int = 0
+    failed_before: int = 0
+    changed: int = 0
+    changed_ids: list[str] = field(default_factory=list)
+
+
+def _survey(path: Path, settings: _Settings, index: _Index | None) -> _Survey:
+    """
+    Reads `--batch` once: every line checked (so a bad line stops the command before any request), ids unique,
+    and what `index` already holds for each.
+    """
+    survey = _Survey()
+    ids = _IdFilter()
+    for item in _prompt_items(path, settings):
+        survey.total += 1
+        ids.add(item.key)
+        if index is None:
+            continue
+        recorded, reply, same = index.look_up(item)
+        if reply and same:
+            survey.reused += 1
+        elif reply:
+            survey.changed += 1
+            if len(survey.changed_ids) < 5:
+                survey.changed_ids.append(item.key)
+        elif recorded:
+            survey.failed_before += 1
+    if ids.suspects:  # read again for those ids only: which ones really repeat
+        first: dict[str, int] = {}
+        for item in _prompt_items(path, settings):
+            if item.key in ids.suspects:
+                if item.key in first:
+                    raise CLIError(f"{path}:{item.line}: duplicate id {item.key!r} (first on line {first[item.key]})")
+                first[item.key] = item.line
+    return survey
+
+
+def _compact(output: _Output) -> None:
+    """Rewrites the log with the latest record per id, in the order written: temp file + rename, mode kept."""
+    assert output.real is not None
+    real = output.real
+    try:
+        latest: dict[int, int] = {}
+        with real.open("rb") as file:
+            for number, line in enumerate(file):
+                latest[_key_hash(str(json.loads(line)["id"]))] = number
+        mode = stat.S_IMODE(real.stat().st_mode)
+        handle, temporary = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as out, real.open("rb") as file:
+                for number, line in enumerate(file):
+                    if latest[_key_hash(str(json.loads(line)["id"]))] == number:
+                        out.write(line)
+            os.chmod(temporary, mode)
+            os.replace(temporary, real)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+    except OSError as error:
+        raise CLIError(f"cannot write --output {output.shown}: {_reason(error)}") from error
+
+
+# --- batch: the run -------------------------------------------------------------------------------
 
 
 class ScaleUpProgress(logging.Handler):
@@ -373,81 +851,198 @@ def scale_up_progress(progress: Any) -> Iterator[ScaleUpProgress]:
 
 @dataclass(slots=True)
 class _BatchOutcome:
+    answered: int = 0
     failures: int = 0
     first_error: BaseException | None = None
 
 
-async def _run_batch_async(
-    generator: HuggingFaceAPIGenerator,
-    todo: list[BatchItem],
-    out: TextIO,
-    concurrency: int,
-    base_kwargs: dict[str, Any],
-    progress: Any,
-) -> _BatchOutcome:
-    semaphore = asyncio.Semaphore(concurrency)
-    outcome = _BatchOutcome()
+#: Answers one item: the generator's result (`replies`, `meta`).
+Ask = Callable[[BatchItem], Awaitable[dict[str, Any]]]
 
-    async def answer(item: BatchItem) -> None:
-        async with semaphore:
+
+async def _run_batch_async(
+    ask: Ask,
+    items: Iterator[BatchItem],
+    write: Callable[[dict[str, Any]], None],
+    concurrency: int,
+    progress: Any,
+    redact: Callable[[str], str] = str,
+) -> _BatchOutcome:
+    """
+    Answers `items` with `concurrency` workers fed through a queue of as many slots, and passes each record to
+    `write` as soon as it is known.
+
+    Items are read from `items` only as workers free up: memory is bounded by the concurrency, whatever the
+    number of prompts. A failure of `write` (a full disk) stops the batch; a failure of `ask` becomes an error
+    record, tried again by the next run.
+    """
+    outcome = _BatchOutcome()
+    queue: asyncio.Queue[BatchItem | None] = asyncio.Queue(maxsize=concurrency)
+
+    async def produce() -> None:
+        for item in items:
+            await queue.put(item)
+        for _ in range(concurrency):
+            await queue.put(None)  # one end mark per worker
+
+    async def work() -> None:
+        while (item := await queue.get()) is not None:
+            record: dict[str, Any] = {"id": item.id, "fingerprint": item.fingerprint}
             try:
-                kwargs = {**base_kwargs, **(item.generation_kwargs or {})}
-                result = await generator.run_async(item.prompt, generation_kwargs=kwargs)
-                record = {"id": item.id, "reply": result["replies"][0], "meta": result["meta"][0]}
-            except Exception as error:  # every failure is recorded, and retried by the next run
+                result = await ask(item)
+                record.update(reply=result["replies"][0], meta=result["meta"][0])
+                outcome.answered += 1
+            except Exception as error:  # recorded, and tried again by the next run
                 outcome.failures += 1
                 outcome.first_error = outcome.first_error or error
-                record = {"id": item.id, "error": {"type": type(error).__name__, "message": str(error)}}
-        # One write per complete line, flushed: an interruption tears at most the line being written.
-        out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        out.flush()
-        progress.update(1)
+                record["error"] = {"type": type(error).__name__, "message": redact(str(error))}
+            write(record)
+            progress.update(1)
 
     try:
-        await asyncio.gather(*(answer(item) for item in todo))
-    finally:
-        await generator.aclose()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(produce())
+            for _ in range(concurrency):
+                group.create_task(work())
+    except BaseExceptionGroup as failed:  # the first failure, as the caller would get it without a task group
+        raise failed.exceptions[0] from None
     return outcome
 
 
-def _run_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+class _RecordWriter:
+    """Appends records, one whole line per write, flushed: an interruption tears at most the line being written."""
+
+    def __init__(self, file: TextIO, shown: str) -> None:
+        self._file = file
+        self._shown = shown
+        self.written = 0
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        try:
+            try:
+                self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            except UnicodeEncodeError:  # raised before any byte is written: a lone surrogate, an ASCII stdout
+                self._file.write(json.dumps(record, default=str) + "\n")
+            self._file.flush()
+        except OSError as error:
+            raise CLIError(f"cannot write --output {self._shown}: {_reason(error)}") from error
+        self.written += 1
+
+
+def _open_for_records(output: _Output, overwrite: bool) -> TextIO:
+    """The output, ready for appending: emptied with --overwrite, a torn last record cut off."""
+    if output.stream is not None:
+        return output.stream
+    path = output.real or Path(output.shown)
+    try:
+        if output.real is not None and overwrite:
+            file = path.open("w", encoding="utf-8", newline="\n")  # truncates the target in place: links stay
+        else:
+            if output.torn_at is not None:
+                os.truncate(path, output.torn_at)
+            file = path.open("a", encoding="utf-8", newline="\n")
+            if output.needs_newline:
+                file.write("\n")
+    except OSError as error:
+        raise CLIError(f"cannot write --output {output.shown}: {_reason(error)}") from error
+    return file
+
+
+def _resume_notes(output: _Output, batch: Path, survey: _Survey, index: _Index) -> list[str]:
+    notes: list[str] = []
+    if survey.reused:
+        notes.append(f"{survey.reused} answered earlier with the same prompt and settings: skipped")
+    if survey.failed_before:
+        notes.append(f"{survey.failed_before} that failed earlier: asked again")
+    if survey.changed:
+        ids = ", ".join(repr(key) for key in survey.changed_ids) + (", ..." if survey.changed > 5 else "")
+        notes.append(
+            f"{survey.changed} answered earlier with another prompt or other settings: asked again, their old "
+            f"replies replaced (ids {ids})"
+        )
+    if unseen := index.unseen():
+        notes.append(f"{unseen} records of ids that {batch} does not have: kept")
+    return [f"resuming {output.shown}: {note}" for note in notes]
+
+
+def _run_batch(args: argparse.Namespace, parser: argparse.ArgumentParser, context: _Context) -> int:
     if args.output is None:
-        parser.error("--batch needs --output")
-    if args.concurrency < 1:
-        parser.error("--concurrency must be >= 1")
-    if args.pipeline:
-        parser.error("--batch runs one generator; give --url or --model rather than --pipeline")
-    prompts = _read_prompts(args.batch)
-    done = _read_done(args.output)
-    todo = [item for item in prompts if "reply" not in done.get(item.key, {})]
-    generator = _generator(args, parser)
+        parser.error("--batch needs --output (a file, or - for stdout)")
+    concurrency = args.concurrency or _DEFAULT_CONCURRENCY
+    generator = _generator(args, parser, context)  # usage errors come before any file is touched
+    base_kwargs = _generation_kwargs(args)
+    settings = _Settings(args, base_kwargs)
+
+    try:
+        batch_status = args.batch.stat()
+    except OSError as error:
+        raise CLIError(f"cannot read --batch {args.batch}: {_reason(error)}") from error
+    if not stat.S_ISREG(batch_status.st_mode):
+        raise CLIError(f"--batch {args.batch} must be a regular file: it is read twice, checked first, then sent")
+    output = _output_target(args)
+    if args.overwrite and output.real is None:
+        parser.error(f"--overwrite does not apply to --output {output.shown}: nothing is read back or replaced")
+
+    index = _Index()
+    if output.real is not None and output.real.exists() and not args.overwrite:
+        try:
+            _scan_output(output, index)
+        except _NotReplies as reason:
+            raise CLIError(
+                f"--output {output.shown} exists and is not a replies file of hf-api-generate ({reason}): "
+                "refusing to replace it",
+                "choose another --output, or pass --overwrite to replace it",
+            ) from None
+        except OSError as error:
+            raise CLIError(f"cannot read --output {output.shown}: {_reason(error)}") from error
+    survey = _survey(args.batch, settings, index if index.records else None)
+    if index.records and not survey.reused and (replies := index.replies()):
+        raise CLIError(
+            f"--output {output.shown} holds {replies} replies, none of them to these prompts with these settings "
+            "(same id, prompt and generation flags): it looks like the output of another batch",
+            "choose another --output, or pass --overwrite to replace it (its replies are then lost)",
+        )
+    for note in _resume_notes(output, args.batch, survey, index):
+        print(note, file=sys.stderr)
+
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    try:
-        out = args.output.open("a", encoding="utf-8")
-    except OSError as error:
-        raise CLIError(f"cannot write --output {args.output}: {_reason(error)}") from error
+    out = _open_for_records(output, args.overwrite)
+    write = _RecordWriter(out, output.shown)
+
+    async def answer(item: BatchItem) -> dict[str, Any]:
+        kwargs = {**base_kwargs, **(item.generation_kwargs or {})}
+        return await generator.run_async(item.prompt, generation_kwargs=kwargs)
+
+    async def run() -> _BatchOutcome:
+        try:
+            if survey.total > survey.reused:
+                await generator.warm_up_async()  # a wrong --url or token fails once, not once per prompt
+            todo = (item for item in _prompt_items(args.batch, settings) if not index.reusable(item))
+            return await _run_batch_async(answer, todo, write, concurrency, progress, context.redact)
+        finally:
+            await generator.aclose()
+
     with (
-        out,
-        tqdm(total=len(prompts), initial=len(prompts) - len(todo), disable=args.no_progress, unit="prompt") as progress,
+        out if out is not output.stream else contextlib.nullcontext(),
+        tqdm(total=survey.total, initial=survey.reused, disable=args.no_progress, unit="prompt") as progress,
         # Log lines (a warning, say) are printed above the bar instead of through it.
         logging_redirect_tqdm() if not args.no_progress else contextlib.nullcontext(),
         scale_up_progress(progress),
     ):
-        outcome = asyncio.run(
-            _run_batch_async(generator, todo, out, args.concurrency, _generation_kwargs(args), progress)
-        )
-    # Complete pass: leave one line per prompt, in input order.
-    records = _read_done(args.output)
-    _rewrite(args.output, [json.dumps(records[i.key], ensure_ascii=False) for i in prompts if i.key in records])
-    answered = sum(1 for item in prompts if "reply" in records.get(item.key, {}))
-    summary = f"{answered}/{len(prompts)} answered, {outcome.failures} failed"
+        outcome = asyncio.run(run())
+    if output.real is not None and (index.repeated or (index.records and write.written)):
+        _compact(output)
+    answered = survey.reused + outcome.answered
+    summary = f"{answered}/{survey.total} answered, {outcome.failures} failed"
     if outcome.first_error is None:
         print(summary, file=sys.stderr)
         return EXIT_OK
-    print(f"{summary} (rerun the command to retry them; {args.output} has each error)", file=sys.stderr)
-    _report(outcome.first_error, verbose=args.verbose, prefix="first error: ")
+    where = f"{output.shown} has each error" if output.real is not None else "each error is in its record"
+    again = "rerun the command to retry them; " if output.real is not None else ""
+    print(f"{summary} ({again}{where})", file=sys.stderr)
+    _report(outcome.first_error, verbose=args.verbose, context=context, prefix="first error: ")
     return EXIT_FAILURE
 
 
@@ -466,14 +1061,14 @@ def _reason(error: BaseException) -> str:
     return _one_line(str(error))
 
 
-def _hint(error: BaseException) -> str | None:
+def _hint(error: BaseException, context: _Context) -> str | None:
     """What to check for a failure on the wire."""
     if isinstance(error, APITimeoutError):
         return "the server took longer than the timeout: check its load, or raise --timeout"
     if isinstance(error, APIConnectionError):
         return "check that the server is running and reachable at --url (or the pipeline's url)"
     if isinstance(error, AuthenticationError):
-        return (
+        return context.auth_hint or (
             "check the token: HF_TOKEN / HF_API_TOKEN (sent to Hugging Face hosts only), or --token-env VAR for "
             "another server, and its permissions"
         )
@@ -494,15 +1089,15 @@ def _hint(error: BaseException) -> str | None:
     return None
 
 
-def _describe(error: BaseException) -> tuple[str, str | None]:
+def _describe(error: BaseException, context: _Context) -> tuple[str, str | None]:
     """(message, hint) for a failure. Only our own messages are printed: they never contain a token."""
     if isinstance(error, CLIError):
         return error.message, error.hint
     # A pipeline wraps its component's exception (haystack's PipelineRuntimeError): report the component's.
     if isinstance(error, PipelineRuntimeError) and error.__cause__ is not None:
-        return _describe(error.__cause__)
+        return _describe(error.__cause__, context)
     if isinstance(error, HuggingFaceAPIError):
-        return str(error), _hint(error)
+        return str(error), _hint(error, context)
     if isinstance(error, ValueError | TypeError):  # bad parameters, named by the generator's message
         return str(error), None
     if isinstance(error, OSError):
@@ -510,13 +1105,14 @@ def _describe(error: BaseException) -> tuple[str, str | None]:
     return f"unexpected {type(error).__name__}", "rerun with --verbose for the traceback"
 
 
-def _report(error: BaseException, *, verbose: bool, prefix: str = "error: ") -> None:
+def _report(error: BaseException, *, verbose: bool, context: _Context, prefix: str = "error: ") -> None:
+    # Every line goes through the token filter: a message from a library may quote a header it refused.
     if verbose:
-        traceback.print_exception(error, file=sys.stderr)
-    message, hint = _describe(error)
-    print(f"{prefix}{_one_line(message)}", file=sys.stderr)
+        print(context.redact("".join(traceback.format_exception(error))), end="", file=sys.stderr)
+    message, hint = _describe(error, context)
+    print(f"{prefix}{_one_line(context.redact(message))}", file=sys.stderr)
     if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+        print(f"hint: {context.redact(hint)}", file=sys.stderr)
 
 
 class _ScaleUpNotes(logging.Handler):
@@ -555,23 +1151,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `hf-api-generate`; returns the exit code (argparse exits with 2 on usage errors)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    _refuse_flags_that_do_not_apply(args, parser)
     with _package_logs(args.verbose, notes=not args.batch or args.no_progress):
         return _main(args, parser)
 
 
 def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    context = _Context()
     try:
         if args.batch:
-            return _run_batch(args, parser)
-        if not args.prompt:
-            parser.error("give a prompt, or --batch")
-        return _run_one(args, parser)
+            return _run_batch(args, parser, context)
+        if args.prompt is None:
+            parser.error("give a prompt (- reads it from stdin), or --batch")
+        return _run_one(args, parser, context)
     except KeyboardInterrupt:
-        resume = " (rerun the same command to resume the batch)" if args.batch else ""
+        resume = " (rerun the same command to resume the batch)" if args.batch and args.output != "-" else ""
         print(f"interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:
-        _report(error, verbose=args.verbose)
+        _report(error, verbose=args.verbose, context=context)
         return EXIT_FAILURE
 
 
