@@ -293,3 +293,8 @@ def test_init_generation_kwargs_changed_after_init_take_effect_and_are_checked(t
     generator.generation_kwargs["top_k"] = 0
     with pytest.raises(ValueError, match=r"generation_kwargs\['top_k'\] must be an integer >= 1"):
         generator.run(PROMPT)
+
+
+def test_stream_meta_names_the_stream_route(tgi: FakeTGI) -> None:
+    meta = make(tgi).run("q", streaming_callback=lambda chunk: None)["meta"][0]
+    assert meta["route"] == "/generate_stream"

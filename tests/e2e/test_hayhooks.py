@@ -27,6 +27,7 @@ import yaml
 from haystack_integrations.generators.hugging_face_api import HuggingFaceAPIGenerator
 from haystack_integrations.generators.hugging_face_api.local_model import MODEL_NAME
 from tests.e2e.conftest import BIN, free_port, subprocess_env
+from tests.fakes.raw import ScriptedServer, chat_stream
 
 pytestmark = pytest.mark.e2e
 
@@ -415,3 +416,19 @@ def test_stops_cleanly(hayhooks: Hayhooks) -> None:
     assert "Traceback" not in shutdown
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{hayhooks.url}/status", timeout=5, trust_env=False)
+
+
+def test_a_stream_the_engine_writes_in_one_piece_reaches_an_openai_client_token_by_token(tmp_path: Path) -> None:
+    # An engine (or a buffering proxy) whose whole stream arrives in one read: still one chunk per token,
+    # through the generator's callback, Hayhooks' SSE route and the openai client.
+    tokens = [f" word{i}" for i in range(12)]
+    with ScriptedServer(then=chat_stream(tokens)) as engine:
+        server = start_hayhooks(engine.url, tmp_path)
+        try:
+            server.wait_ready()
+            with openai_client(server.url) as oai:
+                stream = oai.chat.completions.create(model=PIPELINE, messages=user("q"), stream=True)
+                deltas = [chunk.choices[0].delta.content for chunk in stream if chunk.choices]
+        finally:
+            server.stop()
+    assert [delta for delta in deltas if delta] == tokens

@@ -34,6 +34,8 @@ _TGI_INFO = {
     "version": "3.3.6-dev0",
 }
 
+_MODELS = {"object": "list", "data": [{"id": "scripted/model", "object": "model", "owned_by": "scripted"}]}
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -86,6 +88,18 @@ def sse_head() -> bytes:
     return _head("200 OK", {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"})
 
 
+def chat_stream(tokens: Sequence[str], model: str = "scripted/model") -> Reply:
+    """A whole OpenAI-compatible chat stream (role, one event per token, finish, usage, `[DONE]`) in one piece."""
+    payloads: list[dict[str, Any]] = [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+    payloads += [{"choices": [{"index": 0, "delta": {"content": text}}]} for text in tokens]
+    payloads.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    payloads.append({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": len(tokens)}})
+    events = [
+        f"data: {json.dumps({'model': model, 'object': 'chat.completion.chunk', **p})}\n\n".encode() for p in payloads
+    ]
+    return Reply(sse_head() + chunked([*events, b"data: [DONE]\n\n"]))
+
+
 def tgi_stream(tokens: Sequence[str]) -> Reply:
     """A whole TGI stream, written in one piece: every event arrives in the same read."""
     return Reply(sse_head() + chunked(tgi_events(tokens)))
@@ -93,7 +107,7 @@ def tgi_stream(tokens: Sequence[str]) -> Reply:
 
 class ScriptedServer(ServedInThread):
     """
-    Answers `GET /info` like TGI; every other request with the next of `replies`, and once they are used up
+    Answers `GET /info` like TGI and `GET /v1/models` like an OpenAI-compatible server; every other request with the next of `replies`, and once they are used up
     with `then` (a good answer, or a fault forever).
     """
 
@@ -102,7 +116,7 @@ class ScriptedServer(ServedInThread):
         self._replies: deque[Reply] = deque(replies)
         self._then = then
         self._lock = threading.Lock()
-        self.connections = 0  # connections that carried a request other than GET /info
+        self.connections = 0  # connections that carried a generation request (not a GET probe)
         self.requests: list[tuple[str, str]] = []
 
     @property

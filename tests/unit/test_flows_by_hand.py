@@ -175,3 +175,15 @@ def test_a_streamed_generations_chunks_come_from_its_exchange_one_per_event_the_
     assert exchange.reusable  # the body ended cleanly: the connection may serve another request
     assert driver.send(exchange.outcome) is None
     assert driver.result[0] == "Hello world"
+
+
+def test_an_interrupted_resolution_leaves_no_failure_behind() -> None:
+    core = ClientCore(settings(max_retries=0), None)
+    with pytest.raises(APIConnectionError):
+        run_by_hand(core.resolution(core.resolutions), [APIConnectionError("down")])
+    waiter_ticket = core.resolutions - 1  # a caller that queued behind the failed resolution, and waited on
+    interrupted = Driver(core.resolution(core.resolutions))
+    assert isinstance(interrupted.start(), Exchange)
+    interrupted.close()  # cancelled while its probe was in flight
+    # The old failure is not handed to the waiter: it resolves for real (its first probe).
+    assert isinstance(Driver(core.resolution(waiter_ticket)).start(), Exchange)
