@@ -488,6 +488,12 @@ class Rules:
         self.cells: dict[str, Cell] = {param: _cell(row[self._column], protocol) for param, row in RULES.items()}
         #: Whether one request gives `n` replies (else the flow makes one request per reply).
         self.sends_n = isinstance(self.cells["n"], Sent)
+        #: Whether a stream may ask for its usage (`stream_options`): TGI's completions and llama-cpp-python
+        #: do not know the field, and would ignore it.
+        self.stream_options = self._column != LLAMA_CPP_PYTHON.name and (self._column, protocol) != (
+            "tgi /v1",
+            "completions",
+        )
 
     def refusal(self, key: str, value: Any) -> str | None:
         """The message refusing `generation_kwargs[key] = value` here, or None when it is honoured."""
@@ -543,6 +549,10 @@ def _finish(column: str, target: dict[str, Any], params: Mapping[str, Any]) -> N
             target["do_sample"] = False
         if target.get("top_p") == 1:
             del target["top_p"]
+        if params.get("do_sample") is False:
+            # TGI samples whenever a warper changes the distribution, do_sample or not; greedy means greedy.
+            for key in _SAMPLING_PARAMETERS:
+                target.pop(key, None)
         return
     # OpenAI-compatible engines sample by default; greedy unless asked keeps them alike (and like TGI).
     sampling = asks_to_sample(params)

@@ -249,7 +249,7 @@ class _OpenAIProtocol(Protocol):
             body["model"] = self.model
         self.rules.write(body, params, stop)  # may name another model: an adapter
         body["stream"] = stream
-        if stream:
+        if stream and self.rules.stream_options:
             body["stream_options"] = {"include_usage": True}
         return body
 
