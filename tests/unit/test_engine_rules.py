@@ -407,3 +407,42 @@ def test_structured_replies() -> None:
     assert _check("123-45", Grammar("regex", "[0-9]{3}-[0-9]{2}")) is None
     with pytest.raises(StructuredOutputError, match="does not match"):
         _check("123-456", Grammar("regex", "[0-9]{3}-[0-9]{2}"))
+
+
+# --- helpers the generator's flow calls ----------------------------------------------------------------
+
+
+def test_requests_for_replies() -> None:
+    from haystack_integrations.generators.hugging_face_api._engines import requests_for_replies
+
+    params = {"n": 3, "seed": 10, "do_sample": True}
+    assert requests_for_replies(params, sends_n=True) == [params]
+    assert requests_for_replies(params, sends_n=False) == [
+        {"seed": 10, "do_sample": True},
+        {"seed": 11, "do_sample": True},
+        {"seed": 12, "do_sample": True},
+    ]
+    assert requests_for_replies({"n": 2, "do_sample": True}, sends_n=False) == [{"do_sample": True}] * 2
+    assert requests_for_replies({"do_sample": True}, sends_n=False) == [{"do_sample": True}]
+    assert params == {"n": 3, "seed": 10, "do_sample": True}
+
+
+def test_tokens_for_meta_only_when_asked_and_never_silently_empty() -> None:
+    from haystack_integrations.generators.hugging_face_api import ResponseFormatError
+    from haystack_integrations.generators.hugging_face_api._protocols import tokens_for_meta
+
+    protocol = CompletionsProtocol("m", engine=VLLM)
+    with_details = Generation(" Paris.", logprobs=VLLM_LEGACY)
+    assert tokens_for_meta(protocol, with_details, {}) is None
+    assert [t["top"] for t in tokens_for_meta(protocol, with_details, {"details": True}) or []] == [[], []]
+    with pytest.raises(ResponseFormatError, match="sent none"):
+        tokens_for_meta(protocol, Generation(" Paris."), {"top_n_tokens": 1})
+
+
+def test_tokens_within_a_reply_cut_at_a_stop_word() -> None:
+    from haystack_integrations.generators.hugging_face_api._protocols import tokens_within
+
+    tokens = [{"text": t, "logprob": -1.0, "top": []} for t in ("Hel", "lo", " wor", "ld")]
+    assert [t["text"] for t in tokens_within(tokens, len("Hello wo"))] == ["Hel", "lo", " wor"]
+    assert tokens_within(tokens, 0) == []
+    assert tokens_within(tokens, 100) == tokens

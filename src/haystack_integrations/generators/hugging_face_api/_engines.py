@@ -568,6 +568,20 @@ def _finish(column: str, target: dict[str, Any], params: Mapping[str, Any]) -> N
             target["generation_config"] = json.dumps(config)
 
 
+def requests_for_replies(params: Mapping[str, Any], sends_n: bool) -> list[dict[str, Any]]:
+    """
+    The parameters of each request that together give `params["n"]` replies: one request with `n` where the
+    engine has it (`Rules.sends_n`), else one request per reply, without `n`, each with its seed (when the user
+    gave one). Always at least one; `params` is not changed.
+    """
+    n = params.get("n", 1)
+    if sends_n or n == 1:
+        return [dict(params)]
+    single = {key: value for key, value in params.items() if key != "n"}
+    seeds = derive_seeds(params.get("seed"), n)
+    return [single if seed is None else {**single, "seed": seed} for seed in seeds]
+
+
 def derive_seeds(seed: int | None, count: int) -> list[int | None]:
     """
     The seeds of `count` requests standing for `n` replies: the user's seed for the first (so `n: 1` is the

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeGuard
 
-from ._engines import TGI, UNKNOWN, Engine, Rules, asks_to_sample
+from ._engines import TGI, UNKNOWN, Engine, Rules, asks_to_sample, top_tokens_wanted
 from .errors import ResponseFormatError
 
 #: One generated token in `meta["tokens"]`, the same on every engine: its text, its log-probability and
@@ -455,6 +455,31 @@ def _chat_tokens(raw: Mapping[str, Any], top: int) -> list[Token]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def tokens_for_meta(protocol: Protocol, generation: Generation, params: Mapping[str, Any]) -> list[Token] | None:
+    """
+    `meta["tokens"]` of a one-piece reply: None unless `details` / `top_n_tokens` asked for it.
+
+    :raises ResponseFormatError: If they did and the server sent no token details (it ignored the request).
+    """
+    top = top_tokens_wanted(params)
+    if top is None:
+        return None
+    if generation.logprobs is None:
+        raise ResponseFormatError("Token details were asked for (details / top_n_tokens) but the server sent none")
+    return protocol.tokens(generation, top)
+
+
+def tokens_within(tokens: list[Token], length: int) -> list[Token]:
+    """The tokens that made the first `length` characters of their text: those of a reply cut at a stop word."""
+    kept, at = [], 0
+    for token in tokens:
+        if at >= length:
+            break
+        kept.append(token)
+        at += len(token["text"])
+    return kept
 
 
 # Servers' finish reasons mapped to Haystack's FinishReason values.
