@@ -458,6 +458,14 @@ RULES: dict[str, dict[str, Cell | Split]] = {
 }
 
 
+#: Routes that do not know `stream_options` (and would ignore it): TGI's completions, llama-cpp-python's.
+_NO_STREAM_OPTIONS = {
+    ("tgi /v1", "completions"),
+    (LLAMA_CPP_PYTHON.name, "completions"),
+    (LLAMA_CPP_PYTHON.name, "chat"),
+}
+
+
 def column_of(engine: Engine, protocol: str) -> str:
     """The table's column for an engine reached through a protocol (`tgi`, `completions` or `chat`)."""
     if engine is TGI:
@@ -488,12 +496,8 @@ class Rules:
         self.cells: dict[str, Cell] = {param: _cell(row[self._column], protocol) for param, row in RULES.items()}
         #: Whether one request gives `n` replies (else the flow makes one request per reply).
         self.sends_n = isinstance(self.cells["n"], Sent)
-        #: Whether a stream may ask for its usage (`stream_options`): TGI's completions and llama-cpp-python
-        #: do not know the field, and would ignore it.
-        self.stream_options = self._column != LLAMA_CPP_PYTHON.name and (self._column, protocol) != (
-            "tgi /v1",
-            "completions",
-        )
+        #: Whether a stream may ask for its usage (`stream_options`).
+        self.stream_options = (self._column, protocol) not in _NO_STREAM_OPTIONS
 
     def refusal(self, key: str, value: Any) -> str | None:
         """The message refusing `generation_kwargs[key] = value` here, or None when it is honoured."""
