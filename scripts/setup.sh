@@ -51,3 +51,6 @@ if [ ! -x /usr/bin/chromium ]; then
         echo "note: /usr/bin/chromium is missing (apt-get install chromium); the Playground browser test needs it" >&2
     fi
 fi
+
+# A real vLLM (CPU build) in its own venv, for tests/e2e/test_vllm.py (about 90 s the first time, then instant).
+bash scripts/setup-vllm.sh

@@ -67,11 +67,12 @@ def test_a_server_without_info_gets_completions_with_a_chat_fallback_and_the_lis
     assert route.fallback is not None and route.fallback.name == "chat"
 
 
-def test_protocol_chat_with_a_model_needs_no_probe() -> None:
-    decision = resolve_url_route(settings(protocol="chat", model="m"))
+def test_protocol_chat_with_a_model_and_an_engine_needs_no_probe() -> None:
+    decision = resolve_url_route(settings(protocol="chat", model="m", engine="vllm"))
     with pytest.raises(StopIteration) as decided:
         next(decision)
     assert decided.value.value.protocol.name == "chat"
+    assert decided.value.value.engine.name == "vllm"
 
 
 def test_serverless_picks_a_live_text_generation_provider_from_the_hubs_mapping() -> None:

@@ -7,12 +7,16 @@ the caller passed: values are copied into new, frozen objects.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
+
+from ._engines import ENGINE_NAMES
 
 DEFAULT_MAX_NEW_TOKENS = 512
 
@@ -99,6 +103,7 @@ _API_PARAM_KEYS = frozenset(
         "max_retries",
         "verify",
         "scale_up_timeout",
+        "engine",
     }
 )
 
@@ -122,6 +127,8 @@ class APISettings:
     verify: bool = True
     #: Seconds to wait for an Inference Endpoint scaling up from zero; 0 for other api types or when off.
     scale_up_timeout: float = 0.0
+    #: The engine the user declared (`api_params["engine"]`), or None to find it out.
+    engine: str | None = None
 
 
 def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISettings:
@@ -182,6 +189,13 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
         raise TypeError(f"api_params['verify'] must be True or False, got {verify!r}")
 
     scale_up_timeout = _scale_up_timeout(api_type, api_params)
+    engine = api_params.get("engine", "auto")
+    if engine != "auto" and engine not in ENGINE_NAMES:
+        raise ValueError(f"api_params['engine'] must be 'auto' or one of {list(ENGINE_NAMES)}, got {engine!r}")
+    if engine != "auto" and api_type is HFGenerationAPIType.SERVERLESS_INFERENCE_API:
+        raise ValueError("api_params['engine'] applies to URL-based api types; Inference Providers are known by route")
+    if protocol == "tgi" and engine not in ("auto", "tgi"):
+        raise ValueError(f"api_params['protocol'] 'tgi' is TGI's own protocol, but api_params['engine'] is {engine!r}")
     timeout = api_params.get("timeout")
     return APISettings(
         api_type=api_type,
@@ -195,6 +209,7 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
         max_retries=max_retries,
         verify=verify,
         scale_up_timeout=scale_up_timeout,
+        engine=None if engine == "auto" else engine,
     )
 
 
@@ -266,8 +281,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# Each of TGI's GenerateParameters (tgi_openapi.json) with the check its value must pass and the rule
-# as the error message states it. `stop_sequences` is Haystack 2.x's name for `stop`.
+#: Seeds are signed 64-bit integers on the OpenAI-compatible engines (TGI takes u64).
+MAX_SEED = 2**63
+#: `n` beyond this is far more likely a typo than a wish: an engine without `n` gets one request per reply.
+MAX_REPLIES = 128
+
+
+# Each of TGI's GenerateParameters (tgi_openapi.json), plus `n` and `validate_schema`, with the check its
+# value must pass and the rule as the error message states it. `stop_sequences` is Haystack 2.x's name for
+# `stop`; `grammar` is parsed by `parse_grammar` instead. Which engine takes which: `_engines.RULES`.
 _CHECKS: dict[str, tuple[Any, str]] = {
     "max_new_tokens": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "temperature": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 means greedy decoding)"),
@@ -276,7 +298,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "typical_p": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
     "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "frequency_penalty": (lambda v: _is_number(v) and -2 <= v <= 2, "a number in [-2, 2]"),
-    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < MAX_SEED, "an integer >= 0 and < 2**63"),
+    "n": (lambda v: _is_int(v) and 1 <= v <= MAX_REPLIES, f"an integer from 1 to {MAX_REPLIES}"),
     "best_of": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "top_n_tokens": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "truncate": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -286,6 +309,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "return_full_text": (lambda v: isinstance(v, bool), "True or False"),
     "watermark": (lambda v: isinstance(v, bool), "True or False"),
     "grammar": (lambda v: isinstance(v, Mapping), "a dict such as {'type': 'json', 'value': {...}}"),
+    "validate_schema": (lambda v: isinstance(v, bool), "True or False"),
     "adapter_id": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
     "stop": (lambda v: _is_stop_list(v), "a list of non-empty strings"),
     "stop_sequences": (lambda v: _is_stop_list(v), "a list of non-empty strings"),
@@ -303,6 +327,7 @@ def _is_stop_list(value: Any) -> bool:
 def check_generation_kwargs(kwargs: Any, name: str) -> dict[str, Any]:
     """
     Validates generation kwargs and returns a new dict without the `None` values (None = server default).
+    `grammar` becomes a `Grammar`, whatever form the user gave it in.
 
     :param kwargs: The user's dict (not modified).
     :param name: How the user knows the dict, for messages: "generation_kwargs".
@@ -316,15 +341,108 @@ def check_generation_kwargs(kwargs: Any, name: str) -> dict[str, Any]:
     checked: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key not in _CHECKS:
-            hint = " (use 'max_new_tokens')" if key == "max_tokens" else ""
+            hint = _KEY_HINTS.get(key, "")
             raise ValueError(f"{name}[{key!r}] is not a known generation parameter{hint}; known: {sorted(_CHECKS)}")
         if value is None:
             continue
         check, rule = _CHECKS[key]
         if not check(value):
             raise ValueError(f"{name}[{key!r}] must be {rule}, got {value!r}")
-        checked[key] = list(value) if key in ("stop", "stop_sequences") else value
+        if key == "grammar":
+            value = parse_grammar(value, f"{name}['grammar']")
+        elif key in ("stop", "stop_sequences"):
+            value = list(value)
+        checked[key] = value
     return checked
+
+
+# The OpenAI API's names for parameters this component takes under TGI's names.
+_KEY_HINTS = {
+    "max_tokens": " (use 'max_new_tokens')",
+    "response_format": " (use 'grammar': {'type': 'json', 'value': schema})",
+    "logprobs": " (use 'details': True, and 'top_n_tokens' for alternatives)",
+    "top_logprobs": " (use 'top_n_tokens')",
+}
+
+
+# --- structured output ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Grammar:
+    """
+    What `generation_kwargs["grammar"]` asks for, in one form whatever form it was given in: a reply that is
+    a JSON document following `value` (a JSON schema, `kind` "json") or that matches the regular expression
+    `value` (`kind` "regex"). `name` and `strict` are for engines whose field takes them (OpenAI's
+    `json_schema`); `strict` is sent only when the user gave it.
+    """
+
+    kind: Literal["json", "regex"]
+    value: Any
+    name: str = "response"
+    strict: bool | None = None
+
+
+def parse_grammar(grammar: Mapping[str, Any], name: str) -> Grammar:
+    """
+    Reads TGI's grammar forms: `{"type": "json", "value": schema}` (`json_object` is TGI's alias; the schema
+    may also be a JSON string), `{"type": "regex", "value": pattern}` and `{"type": "json_schema", "value":
+    {"schema": schema, "name": ..., "strict": ...}}`. The schema must be a valid JSON schema (Draft 2020-12,
+    as TGI checks it) and the pattern a valid Python regular expression (the reply is checked with it).
+
+    :raises ValueError: Naming `name` and what is wrong.
+    """
+    unknown = set(grammar) - {"type", "value"}
+    if unknown or "value" not in grammar:
+        raise ValueError(f"{name} must have the keys 'type' and 'value' only, got {sorted(grammar)}")
+    kind, value = grammar.get("type"), grammar["value"]
+    if kind == "regex":
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name}['value'] must be a regular expression (a non-empty string), got {value!r}")
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"{name}['value'] is not a valid regular expression: {error}") from None
+        return Grammar("regex", value)
+    if kind in ("json", "json_object"):
+        return Grammar("json", _json_schema(value, f"{name}['value']"))
+    if kind == "json_schema":
+        if not isinstance(value, Mapping) or "schema" not in value or set(value) - {"schema", "name", "strict"}:
+            raise ValueError(
+                f"{name}['value'] must be {{'schema': ..., 'name': ... (optional), 'strict': ... (optional)}}, "
+                f"got {value!r}"
+            )
+        schema_name, strict = value.get("name", "response"), value.get("strict")
+        if not isinstance(schema_name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", schema_name):
+            raise ValueError(f"{name}['value']['name'] must be 1-64 letters, digits, '_' or '-', got {schema_name!r}")
+        if strict is not None and not isinstance(strict, bool):
+            raise ValueError(f"{name}['value']['strict'] must be True or False, got {strict!r}")
+        return Grammar("json", _json_schema(value["schema"], f"{name}['value']['schema']"), schema_name, strict)
+    raise ValueError(f"{name}['type'] must be 'json', 'regex' or 'json_schema', got {kind!r}")
+
+
+def _json_schema(value: Any, name: str) -> dict[str, Any]:
+    """A JSON schema given as a dict or a JSON string, checked, as a new dict."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise ValueError(f"{name} is a string that is not JSON: {error}") from None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a JSON schema (a dict), got {type(value).__name__}")
+    # jsonschema comes with haystack-ai; imported here, where a grammar is used, not at start-up.
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+    from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
+
+    try:
+        schema: dict[str, Any] = json.loads(json.dumps(value))  # a copy in plain JSON: the caller's is not shared
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must hold JSON values only: {error}") from None
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as error:
+        raise ValueError(f"{name} is not a valid JSON schema: {error.message}") from None
+    return schema
 
 
 def check_stop_words(stop_words: Any) -> list[str] | None:

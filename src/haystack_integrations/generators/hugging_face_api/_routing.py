@@ -11,6 +11,12 @@ another protocol (`Route.after_failure`) are decided here too.
   first request), naming the model that `GET /v1/models` lists.
 - Serverless: the model's Inference Provider mapping from the Hub picks a provider and a route on
   the router.
+
+The same probes tell which engine answers (`_engines`), kept with the route's protocol: TGI by `/info`,
+the OpenAI-compatible engines by how `/v1/models` describes their model (`owned_by`). TGI's `/v1/models`
+only hints at TGI; when `/info` was not asked yet (a protocol set by the user), it is asked then. Nothing
+else is probed: a server that does not say what it is gets the OpenAI API's parameters only, unless the
+user names its engine (`api_params["engine"]`), which also spares the probes that only served to find it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from ._config import APISettings
+from ._engines import PROVIDERS, TGI, UNKNOWN, Engine, engine_from_model_card, engine_named, may_be_tgi
 from ._protocols import ChatProtocol, CompletionsProtocol, Protocol, TGIProtocol
 from ._retry import is_transient
 from .errors import (
@@ -100,6 +107,11 @@ class Route:
     #: Tried once if the first request finds no route (404/405): completions → chat.
     fallback: Protocol | None = None
 
+    @property
+    def engine(self) -> Engine:
+        """The engine answering this route (its protocol takes parameters as that engine does)."""
+        return self.protocol.engine
+
     def confirmed(self) -> Route:
         """This route, known to work: no fallback any more."""
         return self if self.fallback is None else replace(self, fallback=None)
@@ -144,35 +156,45 @@ def _int(value: Any) -> int | None:
 
 
 def resolve_url_route(settings: APISettings) -> Resolution:
-    """Decides the protocol for `text_generation_inference` and `inference_endpoints`."""
+    """Decides the protocol for `text_generation_inference` and `inference_endpoints`, and learns the engine."""
     assert settings.url is not None
     base_url = server_base_url(settings.url)
     requested = settings.protocol
-    if requested in ("auto", "tgi"):
-        answer = yield Probe("server", "/info")
-        if _looks_like_tgi(answer) or requested == "tgi":
-            info = answer.payload if _looks_like_tgi(answer) else {}
+    declared = engine_named(settings.engine) if settings.engine else None
+    info: ProbeAnswer | None = None
+    if requested in ("auto", "tgi") and declared in (None, TGI):
+        info = yield Probe("server", "/info")
+        if _looks_like_tgi(info) or requested == "tgi" or declared is TGI:
+            details = info.payload if _looks_like_tgi(info) else {}
             return Route(
                 base_url,
-                TGIProtocol(settings.model or info.get("model_id")),
-                model=settings.model or info.get("model_id") or settings.url,
-                max_stop_sequences=_int(info.get("max_stop_sequences")),
-                max_total_tokens=_int(info.get("max_total_tokens")),
+                TGIProtocol(settings.model or details.get("model_id")),
+                model=settings.model or details.get("model_id") or settings.url,
+                max_stop_sequences=_int(details.get("max_stop_sequences")),
+                max_total_tokens=_int(details.get("max_total_tokens")),
             )
-    model = settings.model
-    if model is None:
-        # vLLM refuses any model name but the one it serves; transformers serve needs one at all.
+    model, engine = settings.model, declared
+    if model is None or engine is None:
+        # vLLM refuses any model name but the one it serves; transformers serve needs one at all. How the
+        # server describes its model also says which engine it is.
         answer = yield Probe("server", "/v1/models")
         data = answer.payload.get("data") if isinstance(answer.payload, Mapping) else None
-        if isinstance(data, list) and data and isinstance(data[0], Mapping) and isinstance(data[0].get("id"), str):
-            model = data[0]["id"]
+        card = data[0] if isinstance(data, list) and data and isinstance(data[0], Mapping) else {}
+        if model is None and isinstance(card.get("id"), str):
+            model = card["id"]
+        if engine is None:
+            engine = engine_from_model_card(card)
+        if engine is None and info is None and may_be_tgi(card):
+            info = yield Probe("server", "/info")
+            engine = TGI if _looks_like_tgi(info) else None
+    engine = engine or UNKNOWN
     if requested == "chat":
-        return Route(base_url, ChatProtocol(model), model=model or settings.url)
+        return Route(base_url, ChatProtocol(model, engine=engine), model=model or settings.url)
     return Route(
         base_url,
-        CompletionsProtocol(model),
+        CompletionsProtocol(model, engine=engine),
         model=model or settings.url,
-        fallback=ChatProtocol(model) if requested == "auto" else None,
+        fallback=ChatProtocol(model, engine=engine) if requested == "auto" else None,
     )
 
 
@@ -240,16 +262,17 @@ def resolve_provider_route(settings: APISettings, has_token: bool) -> Resolution
     base_url = router_url()
     if suffix in _ROUTER_POLICIES and any(m.task == "conversational" for m in candidates):
         # The user asked the router to choose by its policy: only its chat route does that.
-        return Route(base_url, ChatProtocol(f"{model}:{suffix}"), model=model)
+        return Route(base_url, ChatProtocol(f"{model}:{suffix}", engine=PROVIDERS), model=model)
     for mapping in candidates:
         if mapping.task == "text-generation":
             if mapping.provider == "hf-inference":
                 path = f"/hf-inference/models/{quote(model, safe='/')}"
                 protocol: Protocol = TGIProtocol(model, generate_path=path, stream_path=path, stream_in_body=True)
             else:
-                protocol = CompletionsProtocol(mapping.provider_id or model, f"/{mapping.provider}/v1/completions")
+                path = f"/{mapping.provider}/v1/completions"
+                protocol = CompletionsProtocol(mapping.provider_id or model, path, engine=PROVIDERS)
             return Route(base_url, protocol, model=model)
     for mapping in candidates:
         if mapping.task == "conversational":
-            return Route(base_url, ChatProtocol(f"{model}:{mapping.provider}"), model=model)
+            return Route(base_url, ChatProtocol(f"{model}:{mapping.provider}", engine=PROVIDERS), model=model)
     raise ProviderResolutionError(f"No provider serves {model!r} for text generation or chat (providers: {listing})")
