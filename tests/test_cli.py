@@ -691,7 +691,7 @@ def test_an_empty_stdin_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys
         ("--timeout", "inf", "argument --timeout: must be a positive number of seconds, got 'inf'"),
         ("--max-new-tokens", "0", "argument --max-new-tokens: must be an integer >= 1, got '0'"),
         ("--temperature", "-1", "argument --temperature: must be a number >= 0 (0 means greedy decoding), got '-1'"),
-        ("--seed", "x", "argument --seed: must be an integer >= 0, got 'x'"),
+        ("--seed", "x", "argument --seed: must be an integer >= 0 and < 2**63, got 'x'"),
         ("--concurrency", "0", "argument --concurrency: must be an integer >= 1, got '0'"),
         ("--generation-kwargs", '{"top_k": 0}', "argument --generation-kwargs: 'top_k' must be an integer >= 1, got 0"),
         ("--generation-kwargs", '{"max_tokens": 9}', "argument --generation-kwargs: 'max_tokens' is not a known"),
