@@ -39,7 +39,7 @@ def resolve(url: str, protocol: str) -> Route:
     api_params = {"url": url, "max_retries": 0, "protocol": "auto" if protocol == "tgi" else protocol}
     generator = HuggingFaceAPIGenerator("inference_endpoints", api_params)
     generator.warm_up()
-    route = generator._core.route
+    route = generator._connection.core.route
     assert route is not None
     return route
 

@@ -235,8 +235,8 @@ def test_streaming_asks_for_usage_only_where_the_engine_knows_how(target: Target
 def test_the_engine_is_learned_with_the_route(target: Target) -> None:
     generator = target.make()
     generator.warm_up()
-    assert generator._core.route is not None
-    assert generator._core.route.engine.name == target.engine
+    assert generator._connection.core.route is not None
+    assert generator._connection.core.route.engine.name == target.engine
     assert target.posts() == []
 
 
@@ -336,7 +336,7 @@ def test_a_declared_engine_spares_the_probes_and_is_believed() -> None:
         generator = HuggingFaceAPIGenerator("inference_endpoints", api_params)
         generator.warm_up()
         assert server.requests == []
-        assert generator._core.route is not None and generator._core.route.engine.name == "vllm"
+        assert generator._connection.core.route is not None and generator._connection.core.route.engine.name == "vllm"
 
 
 def test_transformers_serve_samples_only_when_told_through_generation_config() -> None:

@@ -39,8 +39,8 @@ def direct(model_url: str, **fields: Any) -> str:
 
 def test_the_local_server_is_known_as_transformers_serve(generator: HuggingFaceAPIGenerator) -> None:
     generator.warm_up()
-    assert generator._core.route is not None
-    assert generator._core.route.engine.name == "transformers"
+    assert generator._connection.core.route is not None
+    assert generator._connection.core.route.engine.name == "transformers"
 
 
 def test_repetition_penalty_reaches_generate_as_a_direct_call_gives_it(

@@ -143,7 +143,7 @@ def ours(url: str, protocol: str, prompt: str, kwargs: dict[str, Any]) -> str:
 def test_vllm_is_known_as_vllm(vllm_url: str) -> None:
     generator = make(vllm_url)
     generator.warm_up()
-    assert generator._core.route is not None and generator._core.route.engine.name == "vllm"
+    assert generator._connection.core.route is not None and generator._connection.core.route.engine.name == "vllm"
 
 
 @pytest.mark.parametrize("protocol", ["completions", "chat"])
@@ -204,8 +204,8 @@ def test_refused_before_any_request(vllm_url: str) -> None:
 def _route(url: str, protocol: str) -> Route:
     generator = make(url, protocol)
     generator.warm_up()
-    assert generator._core.route is not None
-    return generator._core.route
+    assert generator._connection.core.route is not None
+    return generator._connection.core.route
 
 
 def _send(route: Route, kwargs: dict[str, Any], prompt: str = PROMPT) -> Any:

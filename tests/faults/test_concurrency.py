@@ -100,10 +100,10 @@ def test_one_async_pool_per_event_loop_and_none_left_for_closed_loops() -> None:
             # asyncio.run shut the loop down: the loop's sessions closed their connections on it.
             assert wait_for(lambda: server.open_connections == 0)
         gc.collect()
-        assert generator._async is not None
-        assert len(generator._async._loops) <= 1  # the states of collected loops are gone
+        assert generator._connection.async_client is not None
+        assert len(generator._connection.async_client._loops) <= 1  # the states of collected loops are gone
         generator.close()
-        assert len(generator._async._loops) == 0
+        assert len(generator._connection.async_client._loops) == 0
 
 
 def test_close_from_async_code_never_drives_another_loop() -> None:
@@ -123,8 +123,8 @@ def test_close_from_async_code_never_drives_another_loop() -> None:
         other.close()
         assert wait_for(lambda: server.open_connections == 0)
         generator.close()
-        assert generator._async is not None
-        assert len(generator._async._loops) == 0
+        assert generator._connection.async_client is not None
+        assert len(generator._connection.async_client._loops) == 0
 
 
 def _refused_url() -> str:
@@ -152,7 +152,7 @@ def test_callers_queued_behind_a_failing_route_resolution_share_its_failure() ->
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(attempt, range(8)))
     one = time.monotonic() - started
-    assert generator._core.resolutions == 1  # not one resolution per waiting thread
+    assert generator._connection.core.resolutions == 1  # not one resolution per waiting thread
     assert one < 6  # ~one resolution with its retries, not eight in a row
 
 
@@ -162,7 +162,7 @@ async def test_tasks_queued_behind_a_failing_route_resolution_share_its_failure(
     generator = HuggingFaceAPIGenerator("text_generation_inference", {"url": _refused_url(), "max_retries": 2})
     outcomes = await asyncio.gather(*(generator.run_async("q") for _ in range(8)), return_exceptions=True)
     assert all(isinstance(o, APIConnectionError) for o in outcomes)
-    assert generator._core.resolutions == 1
+    assert generator._connection.core.resolutions == 1
     await generator.close_async()
 
 

@@ -80,7 +80,18 @@ class Timeout:
         return Timeout(connect=seconds, read=seconds)
 
 
+def plain(value: Any) -> Any:
+    """
+    A NumPy scalar (`np.int64`, `np.float32`, `np.bool_` ...) as the Python value it holds; anything else as
+    it is. Told by its module, so NumPy is never imported here (nor needed).
+    """
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
 def _positive_seconds(value: Any, name: str) -> float:
+    value = plain(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
     if not (value > 0 and math.isfinite(value)):
@@ -89,6 +100,11 @@ def _positive_seconds(value: Any, name: str) -> float:
 
 
 PROTOCOLS = ("auto", "tgi", "completions", "chat")
+
+# RFC 9110 field names (tokens), and values in printable ASCII: the one form both HTTP libraries send as the
+# same bytes (urllib3 encodes other characters as Latin-1, aiohttp as UTF-8).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 # Keys that `api_params` may hold; anything else is a typo we report rather than ignore.
 _API_PARAM_KEYS = frozenset(
@@ -167,6 +183,15 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
     )
     if not valid_headers:
         raise TypeError("api_params['headers'] must be a dict of strings to strings")
+    for header, value in headers.items():
+        # Both HTTP libraries must send exactly what is given: a header is Latin-1 text on one line.
+        if not _HEADER_NAME.fullmatch(header):
+            raise ValueError(f"api_params['headers'] has a name that is not a valid header name: {header!r}")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise ValueError(
+                f"api_params['headers'][{header!r}] cannot be sent as a header: it holds a line break, a control "
+                "character or a character outside printable ASCII (the value is not repeated here)"
+            )
     if any(name.lower() in ("authorization", "proxy-authorization") for name in headers):
         # api_params are saved in plain text by to_dict and pipeline YAML; credentials belong in a Secret.
         raise ValueError(
@@ -180,7 +205,7 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
     if protocol != "auto" and api_type is HFGenerationAPIType.SERVERLESS_INFERENCE_API:
         raise ValueError("api_params['protocol'] applies to URL-based api types; serverless picks its own route")
 
-    max_retries = api_params.get("max_retries", 3)
+    max_retries = plain(api_params.get("max_retries", 3))
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"api_params['max_retries'] must be an integer >= 0, got {max_retries!r}")
 
@@ -244,7 +269,7 @@ def check_server_url(url: str, name: str = "api_params['url']", token_advice: st
 
 def _scale_up_timeout(api_type: HFGenerationAPIType, api_params: Mapping[str, Any]) -> float:
     """`scale_up_timeout`: only Inference Endpoints scale to zero; default 300 s for them, 0 turns it off."""
-    value = api_params.get("scale_up_timeout")
+    value = plain(api_params.get("scale_up_timeout"))
     if api_type is not HFGenerationAPIType.INFERENCE_ENDPOINTS:
         if value is not None:
             raise ValueError(
@@ -345,6 +370,7 @@ def check_generation_kwargs(kwargs: Any, name: str) -> dict[str, Any]:
             raise ValueError(f"{name}[{key!r}] is not a known generation parameter{hint}; known: {sorted(_CHECKS)}")
         if value is None:
             continue
+        value = plain(value)
         check, rule = _CHECKS[key]
         if not check(value):
             raise ValueError(f"{name}[{key!r}] must be {rule}, got {value!r}")
@@ -352,6 +378,8 @@ def check_generation_kwargs(kwargs: Any, name: str) -> dict[str, Any]:
             value = parse_grammar(value, f"{name}['grammar']")
         elif key in ("stop", "stop_sequences"):
             value = list(value)
+            for word in value:
+                check_encodable(word, f"{name}[{key!r}]")
         checked[key] = value
     return checked
 
@@ -451,6 +479,8 @@ def check_stop_words(stop_words: Any) -> list[str] | None:
         return None
     if not _is_stop_list(stop_words):
         raise ValueError(f"stop_words must be a list of non-empty strings, got {stop_words!r}")
+    for word in stop_words:
+        check_encodable(word, "stop_words")
     return list(stop_words)
 
 
@@ -465,4 +495,16 @@ def check_prompt(prompt: Any) -> str:
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise ValueError("prompt must not be empty")
+    check_encodable(prompt, "prompt")
     return prompt
+
+
+def check_encodable(text: str, name: str) -> None:
+    """Refuses text that cannot be sent as UTF-8 (a lone surrogate, e.g. from a badly decoded file)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{name} cannot be encoded as UTF-8: character {error.start} is a lone surrogate "
+            f"({text[error.start]!r}); decode the text with errors='replace', or remove it"
+        ) from None

@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 from haystack.dataclasses import ComponentInfo
 from haystack.utils import Secret
 
-from ._auth import Credentials, origin_of
+from ._auth import Credentials, origin_of, withheld_variable
 from ._config import APISettings, HFGenerationAPIType
 from ._exchange import Exchange
 from ._generation import GenerationRequest, StreamState, reply_from_generation
@@ -43,7 +43,7 @@ from ._routing import (
     resolve_url_route,
     server_base_url,
 )
-from .errors import HuggingFaceAPIError, ResponseFormatError
+from .errors import AuthenticationError, HuggingFaceAPIError, ResponseFormatError
 
 T = TypeVar("T")
 
@@ -255,6 +255,7 @@ class ClientCore:
         One reply: through `route`, or its fallback when the server lacks the route; streamed (chunks handed
         to the callback as the events arrive) or in one piece.
         """
+        request = route.fitted(request)
         while True:
             route.check(request.params, request.stop_words)
             protocol = route.protocol
@@ -312,6 +313,8 @@ class ClientCore:
                 answer: Answer = yield Exchange(request, stream)
                 result = read(request, answer, *args)
             except HuggingFaceAPIError as error:
+                if isinstance(error, AuthenticationError):
+                    self._explain_refusal(error, request)
                 error.redact(self.redact)  # before it is logged or raised: servers echo what they received
                 budget = budget or self.policy.budget(request.where, started)
                 yield Sleep(budget.wait_before_retry(error, "" if stream is None else stream.delivered))
@@ -319,3 +322,14 @@ class ClientCore:
             if budget is not None:
                 budget.succeeded()  # ends (and logs the end of) a scale-up wait
             return result
+
+    def _explain_refusal(self, error: AuthenticationError, request: Request) -> None:
+        """A 401/403 where the host policy kept the token from HF_TOKEN away says so, and how to send one."""
+        variable = withheld_variable(self._token, request.url)
+        if variable is not None:
+            error.message += (
+                f". {variable} is set but was not sent to {origin_of(request.url)}: the token in HF_TOKEN / "
+                "HF_API_TOKEN goes only to Hugging Face hosts over https, so that a pipeline file from elsewhere "
+                "cannot send it to its own server. To send a token there on purpose, put it in a variable of your "
+                "own and pass token=Secret.from_env_var('MY_SERVER_TOKEN')"
+            )

@@ -66,6 +66,8 @@ class GenerationRequest:
     params: Mapping[str, Any]  # checked generation kwargs, without stop words and None values
     stop_words: list[str]
     return_full_text: bool
+    #: `max_new_tokens` is the component's default, not the user's: it may give way to a server's smaller limit.
+    default_max_new_tokens: bool = False
 
 
 def build_meta(

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import certifi
 
-from .errors import RedirectError, ResponseFormatError, error_from_response
+from .errors import ConfigurationError, RedirectError, ResponseFormatError, error_from_response
 
 #: A one-piece answer (or an error body) larger than this is refused rather than held in memory.
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
@@ -172,6 +172,14 @@ def proxy_for(url: str) -> Proxy | None:
     netloc = f"[{host}]" if ":" in host else host
     if proxy_parts.port is not None:
         netloc += f":{proxy_parts.port}"
+    if proxy_parts.scheme not in ("http", "https"):
+        # Never spoken to as if it were an HTTP proxy: the request, and its token, would reach it in clear.
+        variable = f"{parts.scheme.upper()}_PROXY" if proxies.get(parts.scheme) else "ALL_PROXY"
+        raise ConfigurationError(
+            f"{variable} names a {proxy_parts.scheme} proxy ({proxy_parts.scheme}://{netloc}), which this client "
+            f"does not speak: set {parts.scheme.upper()}_PROXY to an http:// proxy for {parts.scheme} requests, or "
+            f"add {parts.hostname} to NO_PROXY"
+        )
     user = None if proxy_parts.username is None else unquote(proxy_parts.username)
     return Proxy(f"{proxy_parts.scheme}://{netloc}", user, unquote(proxy_parts.password or ""))
 
@@ -192,5 +200,21 @@ def ssl_context(verify: bool) -> ssl.SSLContext:
     cafile = os.environ.get("SSL_CERT_FILE") or None
     capath = os.environ.get("SSL_CERT_DIR") or None
     if cafile is None and capath is None:
-        cafile = certifi.where()
-    return ssl.create_default_context(cafile=cafile, capath=capath)
+        return ssl.create_default_context(cafile=certifi.where())
+    if cafile is not None and not os.path.isfile(cafile):
+        raise ConfigurationError(
+            f"SSL_CERT_FILE names {cafile!r}, which is not a file: point it to a CA bundle, or unset it"
+        )
+    if capath is not None and not os.path.isdir(capath):
+        raise ConfigurationError(
+            f"SSL_CERT_DIR names {capath!r}, which is not a directory: point it to a folder of CA certificates, "
+            "or unset it"
+        )
+    try:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    except (OSError, ssl.SSLError) as error:  # unreadable, or no certificate in it
+        variable, value = ("SSL_CERT_FILE", cafile) if cafile is not None else ("SSL_CERT_DIR", capath)
+        reason = getattr(error, "strerror", None) or getattr(error, "reason", None) or str(error)
+        raise ConfigurationError(
+            f"{variable} names {value!r}, which could not be loaded as CA certificates ({reason})"
+        ) from None

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from ._config import APISettings
 from ._engines import PROVIDERS, TGI, UNKNOWN, Engine, engine_from_model_card, engine_named, may_be_tgi
+from ._generation import GenerationRequest
 from ._protocols import ChatProtocol, CompletionsProtocol, Protocol, TGIProtocol
 from ._retry import is_transient
 from .errors import (
@@ -125,6 +126,17 @@ class Route:
         if self.fallback is None or error.status_code not in (404, 405):
             raise error
         return replace(self, protocol=self.fallback, fallback=None)
+
+    def fitted(self, request: GenerationRequest) -> GenerationRequest:
+        """
+        `request` as this server can take it: the default `max_new_tokens`, when not below the server's
+        `max_total_tokens`, is left out (TGI then generates what fits); a value the user chose stays, for
+        `check` to refuse.
+        """
+        limit = self.max_total_tokens
+        if not request.default_max_new_tokens or limit is None or request.params.get("max_new_tokens", 0) < limit:
+            return request
+        return replace(request, params={k: v for k, v in request.params.items() if k != "max_new_tokens"})
 
     def check(self, params: Mapping[str, Any], stop_words: list[str]) -> None:
         """Raises `ValueError` naming what this route cannot honour: a parameter, or too many stop words / tokens."""

@@ -21,7 +21,9 @@ the parameter. Everything that goes wrong on the wire is one of these::
     │       └── EndpointNotReadyError   503 from an Inference Endpoint still scaling up after `scale_up_timeout`
     ├── ResponseFormatError             the answer did not follow the protocol (bad JSON, bad SSE)
     ├── IncompleteStreamError           a stream ended before its final event
-    └── ProviderResolutionError         serverless: no usable Inference Provider for the model
+    ├── ProviderResolutionError         serverless: no usable Inference Provider for the model
+    └── ConfigurationError              the environment names what cannot be used: SSL_CERT_FILE / SSL_CERT_DIR,
+                                        a SOCKS proxy; the message names the variable (never retried)
 
 Every error carries `status_code` (when there was one), `server_message` (what the server said, with
 the token in use replaced by `<redacted>`), `error_type` (TGI's field, when present), `retry_after`
@@ -42,6 +44,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ConfigurationError",
     "EndpointNotReadyError",
     "EndpointPausedError",
     "GenerationError",
@@ -190,6 +193,14 @@ class ResponseFormatError(HuggingFaceAPIError):
 
 class IncompleteStreamError(HuggingFaceAPIError):
     """The stream ended before the event that marks a complete generation."""
+
+
+class ConfigurationError(HuggingFaceAPIError):
+    """
+    The environment names something this client cannot use: an `SSL_CERT_FILE` or `SSL_CERT_DIR` that is
+    missing or holds no certificates, a proxy in a scheme it does not speak (SOCKS). The message names the
+    variable and its value (never credentials). Not retried: it fails the same way until the variable changes.
+    """
 
 
 class ProviderResolutionError(HuggingFaceAPIError):

@@ -91,22 +91,19 @@ class HuggingFaceAPIGenerator:
         :param stop_words: Strings that end the reply; it is cut right before the first one.
         :param streaming_callback: Called with each `StreamingChunk` as text arrives; enables streaming.
         """
-        if isinstance(api_type, str):
-            api_type = HFGenerationAPIType.from_str(api_type)
-        elif not isinstance(api_type, HFGenerationAPIType):
-            raise TypeError(f"api_type must be an HFGenerationAPIType or a string, got {type(api_type).__name__}")
-        if token is not None and not isinstance(token, Secret):
-            raise TypeError("token must be a haystack.utils.Secret (e.g. Secret.from_env_var('HF_TOKEN')) or None")
         if streaming_callback is not None and not callable(streaming_callback):
             raise TypeError("streaming_callback must be callable")
-
-        self._settings = parse_api_params(api_type, api_params)
+        api_type = _checked_api_type(api_type)
+        _check_token(token)
+        parse_api_params(api_type, api_params)
         check_generation_kwargs(generation_kwargs, "generation_kwargs")  # before copying: it may not be a dict
         self.api_type = api_type
         self.api_params = copy.deepcopy(api_params)
         if isinstance(self.api_params.get("timeout"), Timeout):  # keep api_params serializable
             self.api_params["timeout"] = self.api_params["timeout"].as_dict()
         self.token = token
+        # Only a default the user did not choose may give way to a server's smaller limit (`Route.fitted`).
+        self._default_max_new_tokens = not (generation_kwargs or {}).get("max_new_tokens")
         self.generation_kwargs = copy.deepcopy(generation_kwargs) if generation_kwargs else {}
         self.generation_kwargs.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
         self.stop_words = check_stop_words(stop_words)
@@ -116,11 +113,44 @@ class HuggingFaceAPIGenerator:
             copy.deepcopy(self.generation_kwargs),
             check_generation_kwargs(self.generation_kwargs, "generation_kwargs"),
         )
-        # No I/O here: the server is contacted by warm_up() or the first run.
-        self._core = ClientCore(self._settings, token)
-        self._sync = SyncClient(self._core)
-        self._async: AsyncClient | None = None  # created on first async use (it imports aiohttp)
-        self._async_lock = threading.Lock()
+        self._open_connection()
+
+    def _open_connection(self) -> None:
+        """The clients of the current settings. No I/O here: the server is contacted by warm_up() or a run."""
+        self._connection = _Connection(self.api_type, self.api_params, self.token)
+        self._connection_lock = threading.Lock()
+        self._retired: list[_Connection] = []  # of settings changed since: closed by close() / close_async()
+
+    def _current(self) -> _Connection:
+        """
+        The clients of the settings as they are now: what `to_dict()` writes is what a run uses. Changing
+        `api_type`, `api_params` or `token` after `__init__` takes effect at the next call, checked as in
+        `__init__` (a `ValueError` / `TypeError` naming the parameter), on new connections.
+        """
+        connection = self._connection
+        if connection.serves(self.api_type, self.api_params, self.token):
+            return connection
+        with self._connection_lock:
+            connection = self._connection
+            if not connection.serves(self.api_type, self.api_params, self.token):
+                api_type = _checked_api_type(self.api_type)
+                _check_token(self.token)
+                self._retired.append(connection)
+                connection = self._connection = _Connection(api_type, self.api_params, self.token)
+        return connection
+
+    # --- copies and pickles ----------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The settings, without connections: a copy (or an unpickled one) connects on its own, lazily."""
+        state = dict(self.__dict__)
+        for name in ("_connection", "_connection_lock", "_retired"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open_connection()
 
     # --- serialization ---------------------------------------------------------------------------
 
@@ -177,26 +207,34 @@ class HuggingFaceAPIGenerator:
         Contacts the server once to choose the protocol and route (otherwise the first run does). Cheap after
         the first time: Haystack calls it at every `Pipeline.run`.
         """
-        self._sync.route()
+        self._current().sync.route()
 
     async def warm_up_async(self) -> None:
         """The async `warm_up`, which Haystack calls at every `Pipeline.run_async`; never blocks the event loop."""
-        await (await self._async_client()).route()
+        await (await self._async_client(self._current())).route()
 
     def close(self) -> None:
         """
         Closes the connections of sync runs (and forgets those of event loops closed since). The generator
         reconnects if used again. In async code, use `await close_async()` on the loop that ran the requests.
         """
-        self._sync.close()
-        if self._async is not None:
-            self._async.forget_closed_loops()
+        for connection in self._connections():
+            connection.sync.close()
+            if connection.async_client is not None:
+                connection.async_client.forget_closed_loops()
 
     async def close_async(self) -> None:
         """Closes the connections of sync runs and of runs on the running event loop (`Pipeline.close_async`)."""
-        self._sync.close()
-        if self._async is not None:
-            await self._async.close()
+        for connection in self._connections():
+            connection.sync.close()
+            if connection.async_client is not None:
+                await connection.async_client.close()
+
+    def _connections(self) -> list[_Connection]:
+        """The current connection and those of settings changed since (forgotten once closed)."""
+        with self._connection_lock:
+            retired, self._retired = self._retired, []
+        return [self._connection, *retired]
 
     async def aclose(self) -> None:
         """Same as `close_async`."""
@@ -236,9 +274,10 @@ class HuggingFaceAPIGenerator:
         """
         request = self._request(prompt, generation_kwargs)
         callback = select_streaming_callback(self.streaming_callback, streaming_callback, requires_async=False)
-        route = self._sync.route()
-        flow = self._core.generation(route, request, callback is not None, self._component_info(callback))
-        reply, meta = self._sync.run(flow, callback)
+        connection = self._current()
+        route = connection.sync.route()
+        flow = connection.core.generation(route, request, callback is not None, self._component_info(callback))
+        reply, meta = connection.sync.run(flow, callback)
         return {"replies": [reply], "meta": [meta]}
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
@@ -259,21 +298,30 @@ class HuggingFaceAPIGenerator:
         """
         request = self._request(prompt, generation_kwargs)
         callback = select_streaming_callback(self.streaming_callback, streaming_callback, requires_async=True)
-        client = await self._async_client()
+        connection = self._current()
+        client = await self._async_client(connection)
         route = await client.route()
-        flow = self._core.generation(route, request, callback is not None, self._component_info(callback))
+        flow = connection.core.generation(route, request, callback is not None, self._component_info(callback))
         reply, meta = await client.run(flow, callback)
         return {"replies": [reply], "meta": [meta]}
 
     # --- helpers ---------------------------------------------------------------------------------
 
     def _request(self, prompt: Any, runtime_kwargs: dict[str, Any] | None) -> GenerationRequest:
-        """Validates one call's input and merges it with the init configuration (copies: nothing is mutated)."""
+        """
+        Validates one call's input and merges it with the init configuration (copies: nothing is mutated). A
+        run-time value of None removes the init value of that key for the call: the server's default applies.
+        """
         prompt = check_prompt(prompt)
         params = {**self._init_kwargs(), **check_generation_kwargs(runtime_kwargs, "generation_kwargs")}
-        stop_words = merge_stop_words(self.stop_words, params.pop("stop_sequences", None), params.pop("stop", None))
+        for key in [key for key, value in (runtime_kwargs or {}).items() if value is None]:
+            params.pop(key, None)
+        stop_words = merge_stop_words(
+            check_stop_words(self.stop_words), params.pop("stop_sequences", None), params.pop("stop", None)
+        )
         return_full_text = bool(params.pop("return_full_text", False))
-        return GenerationRequest(prompt, params, stop_words, return_full_text)
+        default_max_new_tokens = self._default_max_new_tokens and params.get("max_new_tokens") == DEFAULT_MAX_NEW_TOKENS
+        return GenerationRequest(prompt, params, stop_words, return_full_text, default_max_new_tokens)
 
     def _init_kwargs(self) -> dict[str, Any]:
         """The init `generation_kwargs`, checked; checked again only when someone changed the attribute."""
@@ -287,16 +335,51 @@ class HuggingFaceAPIGenerator:
         """Who the streamed chunks come from (Haystack's `StreamingChunk.component_info`)."""
         return ComponentInfo.from_component(self) if callback is not None else None
 
-    async def _async_client(self) -> AsyncClient:
+    @staticmethod
+    async def _async_client(connection: _Connection) -> AsyncClient:
         """The async client, made at first async use; its module (aiohttp, ~90 ms) is imported off the loop."""
-        client = self._async
+        client = connection.async_client
         if client is None:
             module = await asyncio.to_thread(importlib.import_module, f"{__package__}._async")
-            with self._async_lock:
-                if self._async is None:
-                    self._async = module.AsyncClient(self._core)
-                client = self._async
+            client = connection.make_async_client(module.AsyncClient)
         return client
+
+
+def _checked_api_type(api_type: Any) -> HFGenerationAPIType:
+    if isinstance(api_type, str):
+        return HFGenerationAPIType.from_str(api_type)
+    if not isinstance(api_type, HFGenerationAPIType):
+        raise TypeError(f"api_type must be an HFGenerationAPIType or a string, got {type(api_type).__name__}")
+    return api_type
+
+
+def _check_token(token: Any) -> None:
+    if token is not None and not isinstance(token, Secret):
+        raise TypeError("token must be a haystack.utils.Secret (e.g. Secret.from_env_var('HF_TOKEN')) or None")
+
+
+class _Connection:
+    """The core and clients of one snapshot of the settings that `to_dict()` writes (api_type, api_params, token)."""
+
+    def __init__(self, api_type: Any, api_params: Any, token: Secret | None) -> None:
+        api_type = _checked_api_type(api_type)
+        self._snapshot = (api_type, copy.deepcopy(api_params), token)
+        self.core = ClientCore(parse_api_params(api_type, api_params), token)
+        self.sync = SyncClient(self.core)
+        self.async_client: AsyncClient | None = None  # made at first async use (it imports aiohttp)
+        self._lock = threading.Lock()
+
+    def serves(self, api_type: Any, api_params: Any, token: Any) -> bool:
+        """Whether these settings are the ones this connection was made for."""
+        snapshot = self._snapshot
+        same_type = api_type is snapshot[0] or api_type == snapshot[0].value  # the enum, or its name
+        return token is snapshot[2] and same_type and api_params == snapshot[1]
+
+    def make_async_client(self, cls: type[AsyncClient]) -> AsyncClient:
+        with self._lock:
+            if self.async_client is None:
+                self.async_client = cls(self.core)
+            return self.async_client
 
 
 # Pipelines saved by Haystack 2.x name the old module; registering the alias lets them load once this
