@@ -1,0 +1,304 @@
+"""
+Several replicas of one server, used as one: which replica takes the next request (balancing), how many
+requests each may have in flight (admission), and which are left out for a while (passive health).
+
+Decisions only, and thread-safe: the sync client's threads and the async client's event loops share one
+fleet. A request takes a `Lease` on a replica and gives it back with what happened (`Outcome`); a caller
+that finds every replica full waits in the client (its own way: a thread blocks, a task awaits), woken in
+order of arrival when a slot frees or a left-out replica's cooldown ends.
+
+- **Balancing**: two replicas picked at random among those with a free slot; the request goes to the one
+  less loaded, relative to its limit (so a replica that serves twice as fast, and so earns twice the limit,
+  takes twice the requests).
+- **Admission**: each replica's limit adapts, additive increase and multiplicative decrease, in the spirit of
+  TCP Vegas and Netflix's concurrency-limits: +1 per limit's worth of successes while the time to the first
+  byte stays near its best; x0.7 when the replica refuses for overload (429, TGI's `overloaded`, a busy 503)
+  or the time to first byte climbs past twice its best. A `Retry-After` closes the replica to new requests
+  until then. What the server says of its own capacity (TGI's `max_concurrent_requests`) bounds the limit.
+  A limit given as a number is fixed; `"off"` admits everything (the server refuses what it must).
+- **Health**: a replica that cannot be reached (a connect failure, a reset before any byte) or that answers
+  500/502/504 three times in a row is left out for a cooldown (5 s, doubling up to 60 s while it keeps
+  failing), then tried with one request at a time until one succeeds. Overload is not failure: an overloaded
+  replica keeps serving, at a lower limit. No request is ever sent only to check health.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(Enum):
+    """What happened to a request, as far as its replica's health and limit are concerned."""
+
+    #: The replica answered (an error of the request's own, such as a 422, included): it is working.
+    ANSWERED = "answered"
+    #: Refused for overload: 429, TGI's `overloaded`, a 503 from a busy engine.
+    OVERLOADED = "overloaded"
+    #: Not reached: a connect failure, a reset or a broken answer before any byte of it.
+    UNREACHABLE = "unreachable"
+    #: 500, 502 or 504.
+    FAILED = "failed"
+    #: Neither (a read timeout, a cancellation, a cut stream): says nothing about the replica.
+    UNKNOWN = "unknown"
+
+
+#: The limit of an adaptive replica before it says anything of its capacity: large enough that a single call,
+#: or a handful, never waits.
+INITIAL_LIMIT = 64.0
+MIN_LIMIT = 1.0
+MAX_LIMIT = 1024.0
+DECREASE = 0.7
+#: Time to first byte beyond this multiple of the best seen counts as the replica queueing.
+LATENCY_TOLERANCE = 2.0
+FAILURES_BEFORE_COOLDOWN = 3
+COOLDOWN = 5.0
+MAX_COOLDOWN = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """`api_params["admission"]`: `"adaptive"` (default), `"off"`, or a fixed limit per replica."""
+
+    mode: str = "adaptive"
+    fixed: int = 0
+
+    @staticmethod
+    def parse(value: Any) -> Admission:
+        if value is None or value == "adaptive":
+            return Admission()
+        if value == "off":
+            return Admission("off")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return Admission("fixed", value)
+        raise ValueError(
+            f"api_params['admission'] must be 'adaptive', 'off' or a number of requests per replica >= 1, got {value!r}"
+        )
+
+
+@dataclass(eq=False)
+class Replica:
+    """One server of the fleet and what the fleet knows of it. Changed only under the fleet's lock."""
+
+    base_url: str
+    limit: float
+    #: What the server says it can take (TGI's max_concurrent_requests); the limit never goes past it.
+    capacity: float = MAX_LIMIT
+    in_flight: int = 0
+    closed_until: float = 0.0  # a Retry-After: no new request before then
+    out_until: float = 0.0  # left out for a cooldown until then
+    on_probation: bool = False  # back from a cooldown: one request at a time until one succeeds
+    failures: int = 0  # in a row
+    cooldowns: int = 0  # in a row, for the doubling
+    best_first_byte: float | None = None
+    #: Counters for people (the CLI's progress bar, logs).
+    answered: int = 0
+    refused: int = 0
+    unreachable: int = 0
+    successes_since_increase: int = field(default=0, repr=False)
+    decreased_at: float = field(default=float("-inf"), repr=False)
+
+    def slots(self, now: float, admission: Admission) -> float:
+        """How many more requests it may take now (0 when closed, out, or full)."""
+        if now < self.out_until or now < self.closed_until:
+            return 0.0
+        if self.on_probation:
+            return 1.0 - self.in_flight
+        if admission.mode == "off":
+            return float("inf")
+        limit = admission.fixed if admission.mode == "fixed" else self.limit
+        return limit - self.in_flight
+
+    def load(self, admission: Admission) -> float:
+        limit = admission.fixed if admission.mode == "fixed" else self.limit
+        return self.in_flight / max(limit, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One request's slot on a replica, until it is given back with `Fleet.release`."""
+
+    replica: Replica
+    started: float
+
+
+class Fleet:
+    """The replicas of one generator. Safe to share between threads."""
+
+    def __init__(
+        self,
+        base_urls: Sequence[str],
+        admission: Admission = Admission(),
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.replicas = [Replica(url, limit=INITIAL_LIMIT) for url in base_urls]
+        self.admission = admission
+        self._clock = clock
+        self._random = rng or random.Random()
+        self._lock = threading.Lock()
+        self._waiters: deque[Callable[[], None]] = deque()
+
+    # --- taking and giving back slots ------------------------------------------------------------------
+
+    def acquire(self, avoid: Replica | None = None) -> Lease | None:
+        """
+        A slot on the better of two random replicas that have one (preferring any but `avoid`, the replica
+        that just failed this request); None when every replica is full, closed or out: then wait.
+        """
+        now = self._clock()
+        with self._lock:
+            replicas = self.replicas
+            if len(replicas) == 1:  # the common case: no choice to make
+                replica = replicas[0]
+                if replica.slots(now, self.admission) < 1:
+                    return None
+            else:
+                open_ = [r for r in replicas if r.slots(now, self.admission) >= 1]
+                if len(open_) > 1 and avoid is not None and avoid in open_:
+                    open_.remove(avoid)
+                if not open_:
+                    return None
+                if len(open_) == 1:
+                    replica = open_[0]
+                else:
+                    first, second = self._random.sample(open_, 2)
+                    replica = min(first, second, key=lambda r: r.load(self.admission))
+            replica.in_flight += 1
+        return Lease(replica, now)
+
+    def release(
+        self, lease: Lease, outcome: Outcome, *, first_byte: float | None = None, retry_after: float = 0.0
+    ) -> None:
+        """Gives a slot back with what happened to its request; wakes as many waiters as there are free slots."""
+        replica = lease.replica
+        now = self._clock()
+        with self._lock:
+            replica.in_flight -= 1
+            if outcome is Outcome.ANSWERED:
+                self._answered(replica, lease, first_byte)
+            elif outcome is Outcome.OVERLOADED:
+                self._overloaded(replica, lease, now, retry_after)
+            elif outcome is Outcome.UNREACHABLE:
+                replica.unreachable += 1
+                self._left_out(replica, now, "cannot be reached")
+            elif outcome is Outcome.FAILED:
+                replica.failures += 1
+                if replica.failures >= FAILURES_BEFORE_COOLDOWN or replica.on_probation:
+                    self._left_out(replica, now, f"failed {replica.failures} times in a row (HTTP 5xx)")
+            woken = self._take_waiters(now)
+        for wake in woken:  # outside the lock: a woken thread takes its slot at once
+            wake()
+
+    def _take_waiters(self, now: float) -> list[Callable[[], None]]:
+        """The waiters to wake: as many as there are free slots now (a limit that grew frees several)."""
+        if not self._waiters:
+            return []
+        free = sum(max(0.0, replica.slots(now, self.admission)) for replica in self.replicas)
+        count = len(self._waiters) if free == float("inf") else min(len(self._waiters), int(free))
+        return [self._waiters.popleft() for _ in range(count)]
+
+    def seed(self, replica: Replica, capacity: int | None) -> None:
+        """What the server says it can take (TGI's `/info` `max_concurrent_requests`): the limit's ceiling."""
+        if capacity is None or capacity < 1:
+            return
+        with self._lock:
+            replica.capacity = float(capacity)
+            replica.limit = min(replica.limit, replica.capacity)
+
+    # --- waiting ---------------------------------------------------------------------------------------
+
+    def wait(self, wake: Callable[[], None]) -> None:
+        """`wake` is called once, when a slot may have freed (in order of arrival among the waiters)."""
+        with self._lock:
+            self._waiters.append(wake)
+
+    def forget(self, wake: Callable[[], None]) -> None:
+        """A waiter that stops waiting on its own (a timeout, a cancellation, or it was woken)."""
+        with self._lock:
+            if wake in self._waiters:
+                self._waiters.remove(wake)
+
+    def wake_all(self) -> None:
+        """Wakes every waiter to look again (a replica's cooldown or Retry-After is over)."""
+        with self._lock:
+            woken, self._waiters = list(self._waiters), deque()
+        for wake in woken:
+            wake()
+
+    def next_change(self) -> float | None:
+        """Seconds until a closed or left-out replica opens again (a waiter rechecks then), if any is."""
+        now = self._clock()
+        with self._lock:
+            opening = [
+                until for replica in self.replicas for until in (replica.out_until, replica.closed_until) if until > now
+            ]
+        return min(opening) - now if opening else None
+
+    @property
+    def all_out(self) -> bool:
+        """Whether every replica is left out for a cooldown (a fallback's turn)."""
+        now = self._clock()
+        with self._lock:
+            return all(now < replica.out_until for replica in self.replicas)
+
+    # --- decisions -------------------------------------------------------------------------------------
+
+    def _answered(self, replica: Replica, lease: Lease, first_byte: float | None) -> None:
+        replica.answered += 1
+        replica.failures = 0
+        if replica.on_probation:
+            replica.on_probation = False
+            replica.cooldowns = 0
+            logger.info("Replica %s answers again", replica.base_url)
+        if self.admission.mode != "adaptive":
+            return
+        best = replica.best_first_byte
+        if first_byte is not None:
+            if best is None or first_byte < best:
+                replica.best_first_byte = best = first_byte
+            if best is not None and first_byte > LATENCY_TOLERANCE * best + 0.005:
+                # Answers come later than the replica can give them: it is queueing. The 5 ms keep the
+                # jitter of a fast, idle loopback server from counting as a queue.
+                self._decrease(replica, lease, f"time to first byte {first_byte:.3f} s, best {best:.3f} s")
+                return
+        replica.successes_since_increase += 1
+        if replica.successes_since_increase >= replica.limit:  # +1 per limit's worth: about once per round trip
+            replica.successes_since_increase = 0
+            replica.limit = min(replica.limit + 1, replica.capacity, MAX_LIMIT)
+
+    def _overloaded(self, replica: Replica, lease: Lease, now: float, retry_after: float) -> None:
+        replica.refused += 1
+        replica.failures = 0
+        if retry_after > 0:
+            replica.closed_until = max(replica.closed_until, now + retry_after)
+        if self.admission.mode == "adaptive":
+            self._decrease(replica, lease, "refused for overload")
+
+    def _decrease(self, replica: Replica, lease: Lease, why: str) -> None:
+        # Once per round: the requests sent before the last decrease saw the old limit, and their refusals
+        # (many at once, from one overload) say nothing new.
+        if lease.started <= replica.decreased_at:
+            return
+        before = replica.limit
+        replica.limit = max(MIN_LIMIT, replica.limit * DECREASE)
+        replica.decreased_at = self._clock()
+        replica.successes_since_increase = 0
+        logger.debug("Replica %s: limit %.1f -> %.1f (%s)", replica.base_url, before, replica.limit, why)
+
+    def _left_out(self, replica: Replica, now: float, why: str) -> None:
+        cooldown = min(MAX_COOLDOWN, COOLDOWN * 2**replica.cooldowns)
+        replica.cooldowns += 1
+        replica.failures = 0
+        replica.out_until = now + cooldown
+        replica.on_probation = True
+        logger.warning("Replica %s %s; left out for %.0f s", replica.base_url, why, cooldown)

@@ -1,0 +1,164 @@
+"""The fleet's decisions, driven by hand with a clock of our own: balancing, admission, health."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from haystack_integrations.generators.hugging_face_api._fleet import (
+    COOLDOWN,
+    INITIAL_LIMIT,
+    Admission,
+    Fleet,
+    Lease,
+    Outcome,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fleet(urls: int = 2, admission: Admission = Admission(), clock: Clock | None = None) -> Fleet:  # noqa: B008
+    return Fleet([f"http://r{i}" for i in range(urls)], admission, clock or Clock(), random.Random(1))
+
+
+def test_requests_go_to_the_less_loaded_of_two_replicas() -> None:
+    two = fleet(2)
+    leases = [two.acquire() for _ in range(10)]
+    assert all(lease is not None for lease in leases)
+    assert [r.in_flight for r in two.replicas] == [5, 5]  # two choices among two: always the less loaded
+
+
+def test_a_replica_with_a_higher_limit_takes_more() -> None:
+    two = fleet(2)
+    two.replicas[0].limit, two.replicas[1].limit = 20, 10
+    for _ in range(30):
+        assert two.acquire() is not None
+    assert [r.in_flight for r in two.replicas] == [20, 10]
+    assert two.acquire() is None  # both full: the caller waits
+
+
+def test_a_full_fleet_wakes_a_waiter_when_a_slot_frees() -> None:
+    one = fleet(1, Admission("fixed", 1))
+    lease = one.acquire()
+    assert lease is not None and one.acquire() is None
+    woken: list[str] = []
+    one.wait(lambda: woken.append("first"))
+    one.wait(lambda: woken.append("second"))
+    one.release(lease, Outcome.ANSWERED)
+    assert woken == ["first"]  # one slot, one waiter, in order of arrival
+
+
+def test_the_adaptive_limit_grows_with_successes_and_falls_on_overload() -> None:
+    clock = Clock()
+    one = fleet(1, clock=clock)
+    replica = one.replicas[0]
+    for _ in range(int(INITIAL_LIMIT)):
+        lease = one.acquire()
+        assert lease is not None
+        one.release(lease, Outcome.ANSWERED, first_byte=0.01)
+    assert replica.limit == INITIAL_LIMIT + 1  # +1 per limit's worth of successes
+    clock.now += 1
+    leases = [one.acquire() for _ in range(5)]
+    for lease in leases:  # five refusals of one overload: one decrease, not five
+        assert lease is not None
+        one.release(lease, Outcome.OVERLOADED)
+    assert replica.limit == pytest.approx((INITIAL_LIMIT + 1) * 0.7)
+    assert replica.refused == 5
+
+
+def test_rising_time_to_first_byte_lowers_the_limit() -> None:
+    clock = Clock()
+    one = fleet(1, clock=clock)
+    lease = one.acquire()
+    assert lease is not None
+    one.release(lease, Outcome.ANSWERED, first_byte=0.05)
+    clock.now += 1
+    lease = one.acquire()
+    assert lease is not None
+    one.release(lease, Outcome.ANSWERED, first_byte=0.5)  # ten times the best: the replica queues
+    assert one.replicas[0].limit == pytest.approx(INITIAL_LIMIT * 0.7)
+
+
+def test_retry_after_closes_a_replica_until_then() -> None:
+    clock = Clock()
+    one = fleet(1, clock=clock)
+    lease = one.acquire()
+    assert lease is not None
+    one.release(lease, Outcome.OVERLOADED, retry_after=2)
+    assert one.acquire() is None
+    assert one.next_change() == pytest.approx(2)
+    clock.now += 2
+    assert one.acquire() is not None
+
+
+def test_the_server_capacity_bounds_the_limit() -> None:
+    one = fleet(1)
+    one.seed(one.replicas[0], 8)
+    assert [one.acquire() is not None for _ in range(9)] == [True] * 8 + [False]
+
+
+def take(fleet_: Fleet, replica_index: int) -> Lease:
+    """A lease on one replica in particular (the others made full for a moment)."""
+    others = [r for i, r in enumerate(fleet_.replicas) if i != replica_index]
+    saved = [r.limit for r in others]
+    for r in others:
+        r.limit = 0
+    lease = fleet_.acquire()
+    for r, limit in zip(others, saved, strict=True):
+        r.limit = limit
+    assert lease is not None and lease.replica is fleet_.replicas[replica_index]
+    return lease
+
+
+def test_an_unreachable_replica_is_left_out_then_tried_with_one_request() -> None:
+    clock = Clock()
+    two = fleet(2, clock=clock)
+    two.release(take(two, 0), Outcome.UNREACHABLE)
+    assert {two.acquire().replica.base_url for _ in range(5)} == {"http://r1"}  # type: ignore[union-attr]
+    clock.now += COOLDOWN
+    probe = take(two, 0)  # back after the cooldown, on probation: one request at a time
+    with pytest.raises(AssertionError):
+        take(two, 0)
+    two.release(probe, Outcome.ANSWERED)
+    assert two.replicas[0].on_probation is False
+
+
+def test_repeated_5xx_leave_a_replica_out_and_a_failed_probation_doubles_the_cooldown() -> None:
+    clock = Clock()
+    one = fleet(1, clock=clock)
+    for _ in range(3):
+        one.release(take(one, 0), Outcome.FAILED)
+    assert one.all_out and one.next_change() == pytest.approx(COOLDOWN)
+    clock.now += COOLDOWN
+    one.release(take(one, 0), Outcome.FAILED)  # the probe fails: out again, for longer
+    assert one.next_change() == pytest.approx(2 * COOLDOWN)
+
+
+def test_overload_is_not_failure() -> None:
+    one = fleet(1)
+    for _ in range(10):
+        one.release(take(one, 0), Outcome.OVERLOADED)
+    assert not one.all_out
+
+
+def test_a_failed_request_goes_to_another_replica_when_there_is_one() -> None:
+    two = fleet(2)
+    first = take(two, 0)
+    assert all(two.acquire(avoid=first.replica).replica is two.replicas[1] for _ in range(3))  # type: ignore[union-attr]
+
+
+def test_admission_off_never_waits_and_parses_its_forms() -> None:
+    off = fleet(1, Admission.parse("off"))
+    assert all(off.acquire() is not None for _ in range(5000))
+    assert Admission.parse(None) == Admission.parse("adaptive") == Admission()
+    assert Admission.parse(8) == Admission("fixed", 8)
+    for wrong in (0, -1, True, "fast", 2.5):
+        with pytest.raises(ValueError, match=r"api_params\['admission'\]"):
+            Admission.parse(wrong)
