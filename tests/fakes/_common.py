@@ -1003,6 +1003,13 @@ class FakeServer(ServedInThread):
         self.tls = tls
         #: An Inference Endpoint proxy in front of every route (``EndpointProxy``), or None.
         self.endpoint: Any = None
+        #: A busy engine: generation requests beyond this many at once are refused with ``busy_fault``
+        #: (TGI's 429 ``overloaded`` unless set), as a continuous-batching engine past its queue limit.
+        self.max_concurrent: int | None = None
+        self.busy_fault: Fault | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.refused = 0
         self.tls_errors: list[str] = []  # handshakes that failed (e.g. the client refused the certificate)
         self._route_faults: dict[tuple[str, str], FaultQueue] = {}
         self._requests: list[RecordedRequest] = []
@@ -1184,6 +1191,27 @@ class FakeServer(ServedInThread):
         if body is None:  # over the size limit
             self.payload_too_large(ex)
             return
+        if self.max_concurrent is not None and record.method == "POST":
+            with self._requests_lock:
+                busy = self.in_flight >= self.max_concurrent
+                if busy:
+                    self.refused += 1
+                else:
+                    self.in_flight += 1
+                    self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            if busy:
+                fault = self.busy_fault or Fault.overloaded()
+                ex.send(fault.code, fault.body, headers=dict(fault.headers))
+                return
+            try:
+                self._answer(ex, record)
+            finally:
+                with self._requests_lock:
+                    self.in_flight -= 1
+            return
+        self._answer(ex, record)
+
+    def _answer(self, ex: Exchange, record: RecordedRequest) -> None:
         record.fault = fault = self._take_fault(record.method, record.path)
         if fault is not None and fault.kind == "delay" and not self.sleep(fault.seconds):
             ex.abort()
