@@ -180,6 +180,17 @@ ROUTER = Profile(
 )
 
 
+#: The profiles by the engine names of `api_params["engine"]` (`unknown`: a server that says nothing of itself).
+BY_ENGINE = {
+    "vllm": VLLM,
+    "sglang": SGLANG,
+    "llama.cpp": LLAMA_CPP,
+    "llama-cpp-python": LLAMA_CPP_PYTHON,
+    "transformers": TRANSFORMERS,
+    "unknown": OPENAI,
+}
+
+
 @dataclass
 class Reading:
     """What an engine made of one request, in common terms."""

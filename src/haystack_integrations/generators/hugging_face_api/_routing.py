@@ -126,9 +126,12 @@ class Route:
             raise error
         return replace(self, protocol=self.fallback, fallback=None)
 
-    def check(self, params: Mapping[str, Any], stop_words: list[str]) -> None:
-        """Raises `ValueError` naming what this route cannot honour: a parameter, or too many stop words / tokens."""
-        self.protocol.check_parameters(params)
+    def check(self, params: Mapping[str, Any], stop_words: list[str], stream: bool = False) -> None:
+        """
+        Raises `ValueError` naming what this route cannot honour (in a streamed request when `stream`): a
+        parameter, or too many stop words / tokens.
+        """
+        self.protocol.check_parameters(params, stream)
         if self.max_stop_sequences is not None and len(stop_words) > self.max_stop_sequences:
             raise ValueError(
                 f"stop_words: {len(stop_words)} stop words (stop_words plus generation_kwargs['stop']) "
