@@ -167,7 +167,8 @@ def reply_from_generation(
     params = request.params
     tokens = tokens_for_meta(protocol, generation, params, where)
     if tokens is not None:
-        meta["tokens"] = tokens_within(tokens, len(text)) if stopped else tokens
+        # Those that made the text: not past a stop word, nor the end-of-sequence token vLLM lists after it.
+        meta["tokens"] = tokens_within(tokens, len(text))
     if params.get("decoder_input_details"):
         prefill = protocol.prefill(generation)
         if not prefill:
@@ -439,7 +440,7 @@ class StreamState:
         if self._top is not None:
             if generated and not self._tokens:
                 raise no_token_details(self._where)
-            meta["tokens"] = tokens_within(self._tokens, len(generated)) if self._filter.stopped else self._tokens
+            meta["tokens"] = tokens_within(self._tokens, len(generated))  # as `reply_from_generation` says
         check_structure(generated, self._request, meta, self._protocol, self._where)
         self._meta = meta
         return self._chunk(text, finish_reason=meta["finish_reason"], meta=meta)
