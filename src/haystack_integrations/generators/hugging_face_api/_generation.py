@@ -165,10 +165,13 @@ def reply_from_generation(
         stream=False,
     )
     params = request.params
-    tokens = tokens_for_meta(protocol, generation, params, where)
-    if tokens is not None:
-        # Those that made the text: not past a stop word, nor the end-of-sequence token vLLM lists after it.
-        meta["tokens"] = tokens_within(tokens, len(text))
+    if generation.text or generation.logprobs is not None:  # an empty reply may come without any, as streams do
+        tokens = tokens_for_meta(protocol, generation, params, where)
+        if tokens is not None:
+            # Those that made the text: not past a stop word, nor the end-of-sequence token vLLM lists after it.
+            meta["tokens"] = tokens_within(tokens, len(text))
+    elif top_tokens_wanted(params) is not None:
+        meta["tokens"] = []
     if params.get("decoder_input_details"):
         prefill = protocol.prefill(generation)
         if not prefill:
