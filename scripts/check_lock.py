@@ -2,7 +2,8 @@
 
 A lock here is a pip constraints file of exact pins, one `name==version` a line, names normalized (PEP 503),
 sorted; `#` starts a comment. `lock/dev.txt` lists every distribution in `.venv` except the project itself;
-`lock/build.txt` lists the build backend that pip uses to install the project in editable mode.
+`lock/build.txt` lists the build backend that pip uses to install the project in editable mode; `lock/vllm.txt`
+lists every distribution in `.venv-vllm`, the real vLLM of the end-to-end tests.
 
 Run it with the environment's own interpreter (`-P` keeps `scripts/` off `sys.path`):
 
@@ -158,12 +159,22 @@ def pins_from_report(report: Path) -> dict[str, str]:
     return {normalize(item["metadata"]["name"]): item["metadata"]["version"] for item in data["install"]}
 
 
-def _header(build: bool) -> list[str]:
-    if build:
-        what = ["The build backend (build-system.requires) that scripts/setup.sh builds the project with."]
-    else:
-        what = ["Every distribution in .venv but the project: scripts/setup.sh installs exactly these,"]
-        what.append("and fails when .venv differs.")
+#: What each lock holds, for its header, by the lock's file name.
+_WHAT = {
+    "build": ["The build backend (build-system.requires) that scripts/setup.sh builds the project with."],
+    "dev": [
+        "Every distribution in .venv but the project: scripts/setup.sh installs exactly these,",
+        "and fails when .venv differs.",
+    ],
+    "vllm": [
+        "Every distribution in .venv-vllm (vLLM's CPU build, the engine of tests/e2e/test_vllm.py):",
+        "scripts/setup-vllm.sh installs exactly these, and fails when .venv-vllm differs.",
+    ],
+}
+
+
+def _header(lock: Path) -> list[str]:
+    what = _WHAT.get(lock.stem, [])
     version = ".".join(map(str, sys.version_info[:3]))
     return [
         "Written by scripts/check_lock.py (run by scripts/refresh-lock.sh); do not edit by hand.",
@@ -202,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: installed several times: {', '.join(sorted(doubled))}", file=sys.stderr)
                 return 1
             pins = {name: found[0] for name, found in versions.items()}
-        args.write.write_text(format_lock(pins, _header(build=args.from_report is not None)))
+        args.write.write_text(format_lock(pins, _header(args.write)))
         return 0
     if args.lock is None:
         parser.error("give a LOCK to check, or --write / --compare")
@@ -217,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet:
         print(f"error: {sys.prefix} differs from {args.lock}:", file=sys.stderr)
         print("\n".join(diff.lines()), file=sys.stderr)
+        venv = Path(sys.prefix).name
         print(
-            "Run `bash scripts/setup.sh` to install the lock (if that fails too: rm -rf .venv, then run it again).",
+            f"Run `bash scripts/setup.sh` to install the lock (if that fails too: rm -rf {venv}, then run it again).",
             file=sys.stderr,
         )
     return 1

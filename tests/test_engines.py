@@ -30,6 +30,7 @@ from haystack_integrations.generators.hugging_face_api._engines import (
 )
 from tests.fakes import FakeHub, FakeRouter
 from tests.fakes.engines import (
+    BY_ENGINE,
     JSON_TOKENS,
     LLAMA_CPP,
     LLAMA_CPP_PYTHON,
@@ -68,14 +69,7 @@ class Target:
         return [r for r in self.server.requests if r.method == "POST"]
 
 
-_PROFILES = {
-    "vllm": VLLM,
-    "sglang": SGLANG,
-    "llama.cpp": LLAMA_CPP,
-    "llama-cpp-python": LLAMA_CPP_PYTHON,
-    "transformers": TRANSFORMERS,
-    "unknown": OPENAI,
-}
+_PROFILES = BY_ENGINE
 TARGETS = [
     ("tgi", "tgi"),
     *[(column, protocol) for column in ("tgi /v1", *_PROFILES) for protocol in ("completions", "chat")],
@@ -176,13 +170,19 @@ CASES = [
 ]
 
 
+def _cell(target: Target, key: str) -> Any:
+    """The table's cell of a parameter on this target."""
+    cell = RULES[key][column_of(engine_named(target.engine), target.protocol)]
+    if isinstance(cell, Split):
+        cell = cell.chat if target.protocol == "chat" else cell.completions
+    return cell
+
+
 def _refusal(target: Target, case: Case) -> Refused | None:
     """What the table says of this case's parameter on this target (value-dependent refusals included)."""
     checked = {"grammar": None}
     for key, value in case.kwargs.items():
-        cell = RULES[key][column_of(engine_named(target.engine), target.protocol)]
-        if isinstance(cell, Split):
-            cell = cell.chat if target.protocol == "chat" else cell.completions
+        cell = _cell(target, key)
         if isinstance(cell, Refused):
             return cell
         if isinstance(cell, Sent) and cell.refuse is not None:
@@ -209,12 +209,20 @@ def test_each_parameter_reaches_each_engine_as_its_own_field_or_is_refused_befor
         assert target.posts() == []
         return
     result = generator.run(PROMPT, generation_kwargs=case.kwargs)
-    (request,) = target.posts()
-    assert request.resolved.get("ignored") == [], f"fields the engine ignores: {request.resolved['ignored']}"
-    for key, value in case.resolved.items():
-        assert request.resolved.get(key) == value, (key, request.json)
+    n = case.kwargs.get("n", 1)
+    one_request = isinstance(_cell(target, "n"), Sent)  # else a request per reply
+    requests = target.posts()
+    assert len(requests) == (1 if one_request else n)
+    assert len(result["replies"]) == len(result["meta"]) == n
+    for request in requests:
+        assert request.resolved.get("ignored") == [], f"fields the engine ignores: {request.resolved['ignored']}"
+        for key, value in case.resolved.items():
+            assert request.resolved.get(key) == value, (key, request.json)
+    if n > 1 and one_request:
+        assert requests[0].resolved["n"] == n
     if case.reply is not None:
         assert result["replies"] == [case.reply]
+    assert {meta["engine"] for meta in result["meta"]} == {target.engine}
 
 
 def test_greedy_unless_asked_to_sample_on_every_engine(target: Target) -> None:

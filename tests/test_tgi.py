@@ -16,6 +16,7 @@ from haystack_integrations.generators.hugging_face_api import (
     ValidationError,
 )
 from tests.fakes import FakeTGI, Fault
+from tests.helpers import posts
 
 TEXT = "Natural Language Processing is a field."
 PROMPT = "What's Natural Language Processing?"
@@ -195,9 +196,22 @@ def test_server_side_validation_is_a_validation_error(tgi: FakeTGI) -> None:
 
 
 def test_server_side_validation_in_stream(tgi: FakeTGI) -> None:
-    with pytest.raises(ValidationError, match="best_of") as raised:
-        make(tgi, generation_kwargs={"best_of": 3, "do_sample": True}).run(PROMPT, streaming_callback=print)
+    with pytest.raises(ValidationError, match="top_n_tokens") as raised:
+        make(tgi, generation_kwargs={"top_n_tokens": 50}).run(PROMPT, streaming_callback=print)
     assert raised.value.status_code == 200  # TGI's streams always answer 200, then send the error
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"best_of": 2, "do_sample": True}, {"decoder_input_details": True}], ids=["best_of", "prefill"]
+)
+def test_what_tgi_answers_in_one_piece_only_is_refused_for_a_stream_before_any_request(
+    tgi: FakeTGI, kwargs: dict[str, object]
+) -> None:
+    key = next(iter(kwargs))
+    with pytest.raises(ValueError, match=rf"generation_kwargs\['{key}'\] cannot be honoured by TGI in a streamed"):
+        make(tgi, generation_kwargs=kwargs).run(PROMPT, streaming_callback=print)
+    assert posts(tgi) == 0
+    assert len(make(tgi, generation_kwargs=kwargs).run(PROMPT)["replies"]) == 1  # in one piece, it is asked
 
 
 def test_in_stream_error_event_raises_with_server_message(tgi: FakeTGI) -> None:

@@ -64,6 +64,20 @@ def test_sampling_happens_when_asked_with_the_seed_and_top_k_it_was_given(
     assert sampled != greedy  # before, temperature reached transformers serve and changed nothing
 
 
+def test_n_is_a_request_per_reply_each_with_its_derived_seed(generator: HuggingFaceAPIGenerator) -> None:
+    # transformers serve has no `n`; it serves one request at a time, so a seed gives the same text every time.
+    kwargs = {"max_new_tokens": 16, "temperature": 1.5, "top_k": 50, "seed": 5}
+    chunks: list[Any] = []
+    result = generator.run(LOOPING, streaming_callback=chunks.append, generation_kwargs={**kwargs, "n": 2})
+    alone = [generator.run(LOOPING, generation_kwargs={**kwargs, "seed": seed})["replies"][0] for seed in (5, 6)]
+    assert result["replies"] == alone
+    assert alone[0] != alone[1]
+    for index, reply in enumerate(result["replies"]):
+        assert "".join(c.content for c in chunks if c.index == index) == reply
+        assert result["meta"][index]["engine"] == "transformers"
+        assert result["meta"][index]["usage"]["completion_tokens"] == 16
+
+
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [

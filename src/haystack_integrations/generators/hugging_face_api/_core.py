@@ -6,11 +6,13 @@ A *flow* is a generator that yields *effects* for a client to perform and receiv
 - an `Exchange` (`_exchange`): one HTTP attempt. The client sends its request and reports what happens on
   the wire; the exchange returns the chunks to hand to the streaming callback as they complete. The outcome
   sent back is the exchange's `Answer`, or the `HuggingFaceAPIError` it failed with (thrown into the flow);
-- `Sleep(seconds)`: wait before a retry.
+- `Sleep(seconds)`: wait before a retry;
+- `Together(flows)`: run several flows at once (the replies of `n` on an engine without `n`, a request each);
+  the outcome is their results in order, or the failure that ended them all.
 
 `ClientCore` holds everything that is not I/O (validated settings, credentials, retry policy, the
 resolved route) and writes the two flows: `resolution()` decides the route (probing the server or the
-Hub), `generation()` produces one reply with retries, the completions-to-chat fallback and stop words.
+Hub), `generation()` produces the replies with retries, the completions-to-chat fallback and stop words.
 The sync client (`_sync`, urllib3) and the async client (`_async`, aiohttp) run them with `Driver`.
 """
 
@@ -19,8 +21,8 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Generic, TypeVar
 
@@ -29,8 +31,16 @@ from haystack.utils import Secret
 
 from ._auth import Credentials, origin_of, withheld_variable
 from ._config import APISettings, HFGenerationAPIType
+from ._engines import requests_for_replies
 from ._exchange import Exchange
-from ._generation import GenerationRequest, StreamState, reply_from_generation
+from ._generation import (
+    ChoicesStreamState,
+    GenerationRequest,
+    Replies,
+    StreamState,
+    replies_from_generations,
+    reply_from_generation,
+)
 from ._http import Answer, Request, is_event_stream, json_body, raise_for_status
 from ._retry import RetryBudget, RetryPolicy
 from ._routing import (
@@ -55,7 +65,56 @@ class Sleep:
     seconds: float
 
 
-Effect = Exchange | Sleep
+class Together:
+    """
+    Run `flows` at the same time, each as a client runs a flow, their chunks to the same callback (one chunk at
+    a time); the outcome is their results, in order. The first to fail ends the others at once (their
+    connections closed, no new attempt), and the call fails with its error (`outcome`): never fewer replies
+    than asked for.
+    """
+
+    __slots__ = ("_delivered", "flows")
+
+    def __init__(self, flows: Sequence[Flow[Any]]) -> None:
+        self.flows = list(flows)
+        self._delivered: list[list[str]] = [[] for _ in self.flows]
+
+    def recording(self, callback: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """`callback`, noting the text each reply hands it (chunks say which reply by `index`) for `outcome`."""
+        delivered = self._delivered
+
+        def record(chunk: Any) -> Any:
+            delivered[chunk.index].append(chunk.content)
+            return callback(chunk)
+
+        return record
+
+    def outcome(self, results: Sequence[Any], failure: tuple[int, BaseException] | None) -> Any:
+        """
+        What the flow that yielded this receives: the flows' `results` in order, or, after `failure` (the first
+        flow to fail, by its place, and its exception), the package's error naming that reply, to raise.
+
+        :raises BaseException: A failure that is not the package's (the callback's own exception, an
+            interruption), as it is.
+        """
+        if failure is None:
+            return list(results)
+        index, error = failure
+        if not isinstance(error, HuggingFaceAPIError):
+            raise error
+        count = len(self.flows)
+        error.reply_index = index
+        error.delivered_replies = ["".join(pieces) for pieces in self._delivered]
+        error.delivered_text = error.delivered_replies[index]
+        error.message = (
+            f"reply {index} of {count} (generation_kwargs['n'], a request each) failed, so the call returns "
+            f"none: {error.message}"
+        )
+        error.args = (error.message,)
+        return error
+
+
+Effect = Exchange | Sleep | Together
 Flow = Generator[Effect, Any, T]
 
 
@@ -250,47 +309,86 @@ class ClientCore:
 
     def generation(
         self, route: Route, request: GenerationRequest, stream: bool, component_info: ComponentInfo | None = None
-    ) -> Flow[tuple[str, dict[str, Any]]]:
+    ) -> Flow[Replies]:
         """
-        One reply: through `route`, or its fallback when the server lacks the route; streamed (chunks handed
-        to the callback as the events arrive) or in one piece.
+        The replies of one call: `n` of them (one by default), streamed (chunks handed to the callback as the
+        events arrive) or in one piece. One request gives them all, unless the engine has no `n`: then each
+        reply is a request of its own, with a seed derived from the user's, and they run `Together`.
+        """
+        params = request.params
+        if params.get("n", 1) == 1 or route.protocol.rules.sends_n:
+            return (yield from self._request_replies(route, request, stream, component_info))
+        route.check(params, request.stop_words, stream)  # the whole call, `n` included, before any request
+        per_reply = requests_for_replies(params, sends_n=False)
+        flows = [
+            self._request_replies(route, replace(request, params=reply_params), stream, component_info, index)
+            for index, reply_params in enumerate(per_reply)
+        ]
+        results: list[Replies] = yield Together(flows)
+        return [texts[0] for texts, _ in results], [metas[0] for _, metas in results]
+
+    def _request_replies(
+        self,
+        route: Route,
+        request: GenerationRequest,
+        stream: bool,
+        component_info: ComponentInfo | None,
+        index: int = 0,
+    ) -> Flow[Replies]:
+        """
+        The replies of one request: through `route`, or its fallback when the server lacks the route. `index`:
+        the place of its reply among the call's, when the call makes one request per reply.
         """
         request = route.fitted(request)
         while True:
-            route.check(request.params, request.stop_words)
+            route.check(request.params, request.stop_words, stream)
             protocol = route.protocol
             body = protocol.build_body(request.prompt, request.params, request.stop_words, stream=stream)
             http = self._request("POST", route.base_url, protocol.path(stream), body)
             del body  # not kept alive while the request is in flight
             try:
                 if not stream:
-                    reply = yield from self._send(http, self._read_reply, (route, request))
+                    replies = yield from self._send(http, self._read_reply, (route, request))
                 else:
-                    state = StreamState(request, protocol, route.model, component_info, http.where, self.redact)
-                    reply = yield from self._send(http, self._read_stream, (state,), state)
+                    state = self._stream_state(route, request, component_info, http.where, index)
+                    replies = yield from self._send(http, self._read_stream, (state,), state)
             except HuggingFaceAPIError as error:
                 route = route.after_failure(error)  # re-raises unless there is a fallback for this error
                 continue
             confirmed = route.confirmed()
             if confirmed is not self.route:
                 self.route = confirmed
-            return reply
+            return replies
 
-    def _read_reply(
-        self, http: Request, answer: Answer, route: Route, request: GenerationRequest
-    ) -> tuple[str, dict[str, Any]]:
+    def _stream_state(
+        self, route: Route, request: GenerationRequest, component_info: ComponentInfo | None, where: str, index: int
+    ) -> StreamState:
+        args = (request, route.protocol, route.model, component_info, where, self.redact)
+        return StreamState(*args, index) if request.params.get("n", 1) == 1 else ChoicesStreamState(*args)
+
+    def _read_reply(self, http: Request, answer: Answer, route: Route, request: GenerationRequest) -> Replies:
         raise_for_status(http, answer, self.redact)
         protocol = route.protocol
-        generation = protocol.parse_generation(json_body(http, answer), answer.headers.get("x-prompt-tokens"))
-        return reply_from_generation(generation, request, protocol, route.model, http.where)
+        payload = json_body(http, answer)
+        prompt_tokens = answer.headers.get("x-prompt-tokens")
+        n = request.params.get("n", 1)
+        if n == 1:
+            text, meta = reply_from_generation(
+                protocol.parse_generation(payload, prompt_tokens), request, protocol, route.model, http.where
+            )
+            return [text], [meta]
+        generations = protocol.parse_generations(payload, prompt_tokens, n)
+        return replies_from_generations(
+            generations, protocol.usage(payload), request, protocol, route.model, http.where
+        )
 
-    def _read_stream(self, http: Request, answer: Answer, state: StreamState) -> tuple[str, dict[str, Any]]:
+    def _read_stream(self, http: Request, answer: Answer, state: StreamState) -> Replies:
         raise_for_status(http, answer, self.redact)
         if not is_event_stream(answer.headers):  # e.g. a gateway that ignores `stream: true`
             kind = answer.headers.get("content-type")
             error = ResponseFormatError(f"{http.where} answered a streamed request with {kind}, not server-sent events")
             raise error.quoting(answer.body)
-        return state.reply()
+        return state.replies()
 
     def _send(
         self,

@@ -14,9 +14,20 @@ from typing import Any
 
 from haystack.dataclasses import ComponentInfo, StreamingChunk
 
-from ._protocols import FAILED_FINISH_REASONS, Generation, Protocol, normalize_finish_reason
+from ._engines import top_tokens_wanted
+from ._protocols import (
+    FAILED_FINISH_REASONS,
+    Generation,
+    Protocol,
+    Token,
+    no_token_details,
+    normalize_finish_reason,
+    tokens_for_meta,
+    tokens_within,
+)
 from ._sse import SSEDecoder
 from ._stop import StopWordFilter, cut_at_stop_words
+from ._structured import check_structured_reply
 from .errors import (
     APIConnectionError,
     GenerationError,
@@ -70,6 +81,22 @@ class GenerationRequest:
     default_max_new_tokens: bool = False
 
 
+#: The replies of one request: their texts and their meta, in order.
+Replies = tuple[list[str], list[dict[str, Any]]]
+
+
+def usage_of(prompt_tokens: int | None, completion_tokens: int | None) -> dict[str, int]:
+    """Token counts as the server reported them: each only when known, the total only when both are."""
+    usage: dict[str, int] = {}
+    if prompt_tokens is not None:
+        usage["prompt_tokens"] = prompt_tokens
+    if completion_tokens is not None:
+        usage["completion_tokens"] = completion_tokens
+    if prompt_tokens is not None and completion_tokens is not None:
+        usage["total_tokens"] = prompt_tokens + completion_tokens
+    return usage
+
+
 def build_meta(
     *,
     model: str | None,
@@ -81,19 +108,13 @@ def build_meta(
     stream: bool,
 ) -> dict[str, Any]:
     """The meta dict of one reply. Token counts appear only when the server reported them."""
-    usage: dict[str, int] = {}
-    if prompt_tokens is not None:
-        usage["prompt_tokens"] = prompt_tokens
-    if completion_tokens is not None:
-        usage["completion_tokens"] = completion_tokens
-    if prompt_tokens is not None and completion_tokens is not None:
-        usage["total_tokens"] = prompt_tokens + completion_tokens
     return {
         "model": model,
         # A stop word found client-side is a stop, whatever the server reported (it may have gone on).
         "finish_reason": "stop" if stopped_by_stop_word else normalize_finish_reason(raw_finish_reason),
         "server_finish_reason": raw_finish_reason,
-        "usage": usage,
+        "usage": usage_of(prompt_tokens, completion_tokens),
+        "engine": protocol.engine.name,
         "protocol": protocol.name,
         "route": protocol.path(stream),
     }
@@ -108,10 +129,32 @@ def check_not_failed(raw_finish_reason: str | None, where: str) -> None:
         )
 
 
+def check_structure(
+    text: str, request: GenerationRequest, meta: Mapping[str, Any], protocol: Protocol, where: str
+) -> None:
+    """
+    A reply that `grammar` constrained must follow it (`check_structured_reply`): `text` is the generated text,
+    stop words cut, without the prompt.
+    """
+    grammar = request.params.get("grammar")
+    if grammar is not None:
+        check_structured_reply(
+            text,
+            grammar,
+            validate_schema=bool(request.params.get("validate_schema")),
+            finish_reason=meta["finish_reason"],
+            where=where,
+            engine=protocol.engine.title,
+        )
+
+
 def reply_from_generation(
     generation: Generation, request: GenerationRequest, protocol: Protocol, model: str | None, where: str
 ) -> tuple[str, dict[str, Any]]:
-    """Shapes a one-piece answer: stop words cut, prompt prepended on request, meta built."""
+    """
+    Shapes a one-piece answer: stop words cut, token details and the prompt's tokens when asked for, a
+    constrained reply checked, the prompt prepended on request, meta built.
+    """
     check_not_failed(generation.finish_reason, where)
     text, stopped = cut_at_stop_words(generation.text, request.stop_words)
     meta = build_meta(
@@ -123,7 +166,47 @@ def reply_from_generation(
         completion_tokens=generation.completion_tokens,
         stream=False,
     )
+    params = request.params
+    if generation.text or generation.logprobs is not None:  # an empty reply may come without any, as streams do
+        tokens = tokens_for_meta(protocol, generation, params, where)
+        if tokens is not None:
+            # Those that made the text: not past a stop word, nor the end-of-sequence token vLLM lists after it.
+            meta["tokens"] = tokens_within(tokens, len(text))
+    elif top_tokens_wanted(params) is not None:
+        meta["tokens"] = []
+    if params.get("decoder_input_details"):
+        prefill = protocol.prefill(generation)
+        if not prefill:
+            raise ResponseFormatError(f"{where}: decoder_input_details was asked for but no prompt tokens came")
+        meta["prefill_tokens"] = prefill
+    check_structure(text, request, meta, protocol, where)
     return (request.prompt + text if request.return_full_text else text), meta
+
+
+def replies_from_generations(
+    generations: list[Generation],
+    request_usage: tuple[int | None, int | None],
+    request: GenerationRequest,
+    protocol: Protocol,
+    model: str | None,
+    where: str,
+) -> Replies:
+    """
+    Shapes a one-piece answer holding several replies (`n`). The server counts the tokens of all of them
+    together: each reply's `usage` says what is known of it (its prompt), `request_usage` the request's totals.
+    """
+    texts, metas = [], []
+    shared = usage_of(*request_usage)
+    for generation in generations:
+        try:
+            text, meta = reply_from_generation(generation, request, protocol, model, where)
+        except HuggingFaceAPIError as error:
+            error.reply_index = generation.index
+            raise
+        meta["request_usage"] = dict(shared)
+        texts.append(text)
+        metas.append(meta)
+    return texts, metas
 
 
 #: Once the reply is complete (a stop word, or the server's finish reason), how many more events to read
@@ -144,7 +227,11 @@ class StreamState:
 
     `done` tells the reader to stop reading: the stream ended (its final event, the body's end, a failure), or
     the reply was complete and the server did not close within `EVENTS_AFTER_COMPLETE` more events. What went
-    wrong is in `failure`; a stream that ended before the reply was complete fails with `IncompleteStreamError`.
+    wrong is in `failure`; a stream that ended before the reply was complete fails with `IncompleteStreamError`,
+    a complete one that is not what was asked for (token details missing, a constrained reply that does not
+    follow its grammar) with that error instead of its last chunk.
+
+    `index` is the reply's place among several (`n`, one request each): its chunks' `StreamingChunk.index`.
     """
 
     def __init__(
@@ -155,6 +242,7 @@ class StreamState:
         component_info: ComponentInfo | None,
         where: str,
         redact: Callable[[str], str],
+        index: int = 0,
     ) -> None:
         self._request = request
         self._protocol = protocol
@@ -162,6 +250,9 @@ class StreamState:
         self._component_info = component_info
         self._where = where
         self._redact = redact
+        self._index = index
+        #: Alternatives per token of `meta["tokens"]`, or None when token details were not asked for.
+        self._top = top_tokens_wanted(request.params)
         self.reset()
 
     def reset(self) -> None:
@@ -176,6 +267,8 @@ class StreamState:
         self._started_at: str | None = None
         self._template: dict[str, Any] | None = None  # the fields of a middle chunk, for `_copy_chunk`
         self._events_after_complete = 0
+        self._tokens: list[Token] = []
+        self._meta: dict[str, Any] = {}  # the last chunk's
         #: What ended the stream early: a malformed or error event, a cut, an early end.
         self.failure: HuggingFaceAPIError | None = None
         #: The reply is whole (its finish reason, or a stop word, arrived).
@@ -191,25 +284,33 @@ class StreamState:
         """The text handed out in chunks so far."""
         return "".join(self._pieces)
 
+    def _started(self) -> bool:
+        """Whether a chunk was handed out (an empty one counts: it had `start`)."""
+        return bool(self._pieces)
+
+    def _fail(self, error: HuggingFaceAPIError) -> None:
+        """The stream ends with `error`."""
+        self.failure = error
+
     def feed(self, block: bytes) -> list[StreamingChunk]:
         """
         Takes bytes of the stream as they arrived (`b""`: the body ended); returns the chunks of the events
         they complete, one per event. Never raises: a malformed or error event ends the stream (`done`) and is
         kept in `failure`, so the reader can tell the stream's failures from its own and from the callback's.
         """
+        chunks: list[StreamingChunk] = []
         if not block:
             self.at_eof = True
-            return self._ended()
-        chunks: list[StreamingChunk] = []
+            if not self.done:
+                self._finish(chunks)
+            return chunks
         try:
             for data in self._decoder.feed(block):
                 if self.done:
                     break
-                chunk = self._on_event(data)
-                if chunk is not None:
-                    chunks.append(chunk)
+                self._on_event(data, chunks)
         except HuggingFaceAPIError as error:
-            self.failure = error
+            self._fail(error)
             self.done = True
         return chunks
 
@@ -219,31 +320,31 @@ class StreamState:
         last chunk is returned); otherwise the stream fails with `error` or, once text reached the callback and
         the connection broke, with `IncompleteStreamError` (caused by `error`).
         """
+        chunks: list[StreamingChunk] = []
         if self.done:
-            return []
+            return chunks
         if self.complete:
-            return self._ended()
+            self._finish(chunks)
+            return chunks
         self.done = True
-        if self._pieces and isinstance(error, APIConnectionError):
+        if self._started() and isinstance(error, APIConnectionError):
             incomplete = IncompleteStreamError(
                 f"{error.message}; the stream ended before its final event, so the reply is incomplete"
             )
             incomplete.__cause__ = error
             error = incomplete
-        self.failure = error
-        return []
+        self._fail(error)
+        return chunks
 
-    def _ended(self) -> list[StreamingChunk]:
-        if self.done:
-            return []
-        chunk = self._finish()
-        return [] if chunk is None else [chunk]
-
-    def _on_event(self, data: bytes) -> StreamingChunk | None:
-        """Takes the data of one event; returns its chunk, if it has one."""
+    def _payload(self, data: bytes, chunks: list[StreamingChunk]) -> Mapping[str, Any] | None:
+        """
+        The object an event holds, or None for an event that ends the stream (`[DONE]`; an error event after the
+        reply was complete), whose last chunk then goes to `chunks`. Any other error event raises.
+        """
         if data == b"[DONE]":
             self.ended_by_server = True
-            return self._finish()
+            self._finish(chunks)
+            return None
         try:
             payload = _decode_json(data.decode())  # a bound decoder on str: json.loads adds ~0.3 µs per event
         except ValueError:  # UnicodeDecodeError included
@@ -253,21 +354,40 @@ class StreamState:
         if payload.get("error"):
             self.ended_by_server = True  # an error event is the server's last (TGI), or followed by [DONE]
             if self.complete:  # the reply is whole: an error among the closing events does not undo it
-                return self._finish()
+                self._finish(chunks)
+                return None
             raise error_from_event(payload, self._where, self._redact)
+        return payload
+
+    def _on_event(self, data: bytes, chunks: list[StreamingChunk]) -> None:
+        """Takes the data of one event; its chunk, if it has one, goes to `chunks`."""
+        payload = self._payload(data, chunks)
+        if payload is None:
+            return
         event = self._protocol.parse_event(payload)
         if self.complete:  # only the server's closing numbers are still of interest
             self._record(event)
             self._events_after_complete += 1
             if event.final or self._has_usage(event) or self._events_after_complete >= EVENTS_AFTER_COMPLETE:
-                return self._finish()
-            return None
+                self._finish(chunks)
+            return
         self._record(event)
         text = self._filter.feed(event.text) if event.text else ""
         if self._filter.stopped:
             self.complete = True
         if event.final or (self.complete and self._has_usage(event)):
-            return self._finish(text)
+            self._finish(chunks, text)
+        else:
+            chunks.append(self._chunk(text))
+
+    def _take(self, event: Generation) -> StreamingChunk | None:
+        """This reply's share of an event that carries several replies: its chunk, or None past its end."""
+        if self.complete:
+            return None
+        self._record(event)
+        text = self._filter.feed(event.text) if event.text else ""
+        if self._filter.stopped:
+            self.complete = True
         return self._chunk(text)
 
     @staticmethod
@@ -289,8 +409,10 @@ class StreamState:
             self._server_model = event.model
         if self._started_at is None and event.text:
             self._started_at = datetime.now(UTC).isoformat()
+        if self._top is not None and event.logprobs is not None:
+            self._tokens += self._protocol.tokens(event, self._top)
 
-    def _finish(self, text: str = "") -> StreamingChunk | None:
+    def _finish(self, chunks: list[StreamingChunk], text: str = "") -> None:
         """Ends the stream: the last chunk (`text` and what the stop-word filter held back) when complete."""
         self.done = True
         if not self.complete:
@@ -298,10 +420,35 @@ class StreamState:
                 f"{self._where}: the stream ended before its final event; the reply is incomplete"
             )
             error.delivered_text = self.delivered
-            self.failure = error
-            return None
+            self._fail(error)
+            return
+        try:
+            chunks.append(self._last_chunk(text))
+        except HuggingFaceAPIError as error:
+            self._fail(error)
+
+    def _last_chunk(self, text: str, request_usage: dict[str, int] | None = None) -> StreamingChunk:
+        """
+        The complete reply's last chunk, carrying its meta (with `request_usage`, the counts of a request that
+        gave several replies, when given).
+
+        :raises HuggingFaceAPIError: If the reply is not what was asked for: token details missing, or a
+            constrained reply that does not follow its grammar.
+        """
+        text += self._filter.flush()
+        generated = self.delivered + text
+        if self._request.return_full_text and self._pieces:  # the first piece starts with the prompt
+            generated = generated[len(self._request.prompt) :]
         meta = self.meta()
-        return self._chunk(text + self._filter.flush(), finish_reason=meta["finish_reason"], meta=meta)
+        if request_usage is not None:
+            meta["request_usage"] = request_usage
+        if self._top is not None:
+            if generated and not self._tokens:
+                raise no_token_details(self._where)
+            meta["tokens"] = tokens_within(self._tokens, len(generated))  # as `reply_from_generation` says
+        check_structure(generated, self._request, meta, self._protocol, self._where)
+        self._meta = meta
+        return self._chunk(text, finish_reason=meta["finish_reason"], meta=meta)
 
     def _chunk(self, text: str, finish_reason: Any = None, meta: dict[str, Any] | None = None) -> StreamingChunk:
         start = not self._pieces
@@ -317,7 +464,7 @@ class StreamState:
             content=text,
             meta=meta,
             component_info=self._component_info,
-            index=0,
+            index=self._index,
             start=start,
             finish_reason=finish_reason,
         )
@@ -326,11 +473,16 @@ class StreamState:
         return chunk
 
     def reply(self) -> tuple[str, dict[str, Any]]:
-        """The reply and its meta, once the stream ended without failure."""
-        return self.delivered, self.meta()
+        """The reply and its meta (a copy of the last chunk's), once the stream ended without failure."""
+        return self.delivered, dict(self._meta)
+
+    def replies(self) -> Replies:
+        """`reply()` as the replies of the request."""
+        text, meta = self.reply()
+        return [text], [meta]
 
     def meta(self) -> dict[str, Any]:
-        """The reply's meta as known so far."""
+        """The reply's meta as known so far (token details aside)."""
         meta = build_meta(
             model=self._server_model or self._model,
             protocol=self._protocol,
@@ -342,3 +494,93 @@ class StreamState:
         )
         meta["completion_start_time"] = self._started_at
         return meta
+
+
+class ChoicesStreamState(StreamState):
+    """
+    Several replies in one stream (`n` on vLLM and SGLang): each event's choices go to the reply of their index,
+    each with its own stop-word filter, finish reason, completeness, first chunk (`start`) and token details,
+    and its chunks carry that index. The stream is complete when every reply is.
+
+    Usage comes once, for all the replies together (vLLM and SGLang send it in an event of its own at the end).
+    So every reply's last chunk waits for the event that ends the stream, and each reply's meta has in `usage`
+    only what is known of that reply (its prompt's tokens), and in `request_usage` the request's totals.
+    """
+
+    def reset(self) -> None:
+        super().reset()
+        request, protocol, model = self._request, self._protocol, self._model
+        self._count: int = request.params["n"]
+        info, where, redact = self._component_info, self._where, self._redact
+        self._replies = [
+            StreamState(request, protocol, model, info, where, redact, index) for index in range(self._count)
+        ]
+
+    @property
+    def delivered(self) -> str:
+        return "".join(reply.delivered for reply in self._replies)
+
+    def _started(self) -> bool:
+        return any(reply._started() for reply in self._replies)
+
+    def _fail(self, error: HuggingFaceAPIError) -> None:
+        # `delivered` joins the replies' texts in their order, not in the order their chunks came.
+        error.delivered_replies = [reply.delivered for reply in self._replies]
+        self.failure = error
+
+    def _on_event(self, data: bytes, chunks: list[StreamingChunk]) -> None:
+        payload = self._payload(data, chunks)
+        if payload is None:
+            return
+        prompt_tokens, completion_tokens = self._protocol.usage(payload)
+        if prompt_tokens is not None:
+            self._prompt_tokens = prompt_tokens
+        if completion_tokens is not None:
+            self._completion_tokens = completion_tokens
+        replies = self._replies
+        for event in self._protocol.parse_event_choices(payload):
+            if event.index >= self._count:
+                message = f"{self._where} sent reply {event.index} of a stream asked for {self._count} replies"
+                raise ResponseFormatError(message).quoting(data)
+            chunk = replies[event.index]._take(event)
+            if chunk is not None:
+                chunks.append(chunk)
+        counted = prompt_tokens is not None or completion_tokens is not None
+        if self.complete:  # only the server's closing numbers are still of interest
+            self._events_after_complete += 1
+            if counted or self._events_after_complete >= EVENTS_AFTER_COMPLETE:
+                self._finish(chunks)
+        elif all(reply.complete for reply in replies):
+            self.complete = True
+            if counted:
+                self._finish(chunks)
+
+    def _finish(self, chunks: list[StreamingChunk], text: str = "") -> None:
+        self.done = True
+        incomplete = [reply._index for reply in self._replies if not reply.complete]
+        if incomplete:
+            error = IncompleteStreamError(
+                f"{self._where}: the stream ended before replies {incomplete} of {self._count} were complete"
+            )
+            error.delivered_text = self.delivered
+            self._fail(error)
+            return
+        usage = usage_of(self._prompt_tokens, self._completion_tokens)
+        last = []
+        for reply in self._replies:
+            reply._prompt_tokens = self._prompt_tokens  # the prompt of every reply; their tokens, counted together
+            try:
+                last.append(reply._last_chunk("", dict(usage)))
+            except HuggingFaceAPIError as error:
+                error.reply_index = reply._index
+                self._fail(error)
+                return
+        chunks += last
+
+    def replies(self) -> Replies:
+        texts, metas = [], []
+        for reply in self._replies:
+            text, meta = reply.reply()
+            texts.append(text)
+            metas.append(meta)
+        return texts, metas

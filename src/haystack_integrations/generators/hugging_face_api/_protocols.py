@@ -61,10 +61,10 @@ class Protocol:
         """The route for a streamed or a one-piece answer."""
         return self.stream_path if stream else self.generate_path
 
-    def check_parameters(self, params: Mapping[str, Any]) -> None:
+    def check_parameters(self, params: Mapping[str, Any], stream: bool = False) -> None:
         """
         Raises `ValueError` naming the first parameter this engine cannot honour through this protocol (with
-        why, and what to do instead), or a combination no engine can.
+        why, and what to do instead), or a combination no engine can, in a streamed request when `stream`.
         """
         rules = self.rules
         for key, value in params.items():
@@ -107,6 +107,14 @@ class Protocol:
     def parse_event_choices(self, payload: Mapping[str, Any]) -> list[Generation]:
         """Parses one stream event of several replies: one generation per reply it carries (`index`)."""
         return [self.parse_event(payload)]
+
+    def usage(self, payload: Mapping[str, Any]) -> tuple[int | None, int | None]:
+        """Prompt and completion tokens of a whole answer (all its replies), when the server counted them."""
+        return None, None
+
+    def prefill(self, generation: Generation) -> list[Token]:
+        """The prompt's tokens with their log-probabilities (`decoder_input_details`), when the server sent them."""
+        return []
 
     def tokens(self, generation: Generation, top: int) -> list[Token]:
         """
@@ -155,6 +163,22 @@ class TGIProtocol(Protocol):
         super().__init__(model, generate_path, stream_path, TGI)
         # The compat-style route (`/` on TGI, `hf-inference` on the router) selects streaming by a body flag.
         self.stream_in_body = stream_in_body
+
+    def check_parameters(self, params: Mapping[str, Any], stream: bool = False) -> None:
+        super().check_parameters(params, stream)
+        if not stream:
+            return
+        # TGI answers these with "... is not supported when streaming tokens": said here, naming the parameter.
+        if params.get("decoder_input_details"):
+            key, why = "decoder_input_details", "TGI returns the prompt's tokens in one-piece answers only"
+        elif params.get("best_of", 1) > 1:
+            key, why = "best_of", "TGI picks the best of several sequences in one-piece answers only"
+        else:
+            return
+        raise ValueError(
+            f"generation_kwargs[{key!r}] cannot be honoured by TGI in a streamed request: {why}; run without a "
+            "streaming_callback, or without this parameter"
+        )
 
     def build_body(self, prompt: str, params: Mapping[str, Any], stop: list[str], stream: bool) -> dict[str, Any]:
         parameters: dict[str, Any] = {}
@@ -229,7 +253,6 @@ class TGIProtocol(Protocol):
         return result
 
     def prefill(self, generation: Generation) -> list[Token]:
-        """The prompt's tokens with their log-probabilities (`decoder_input_details`), when TGI sent them."""
         details = generation.logprobs
         prefill = details.get("prefill") if _is_mapping(details) else None
         if not isinstance(prefill, list):
@@ -457,7 +480,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def tokens_for_meta(protocol: Protocol, generation: Generation, params: Mapping[str, Any]) -> list[Token] | None:
+def no_token_details(where: str) -> ResponseFormatError:
+    """The error of a reply without the token details that were asked for: the server ignored the request."""
+    return ResponseFormatError(f"{where}: token details were asked for (details / top_n_tokens); the server sent none")
+
+
+def tokens_for_meta(
+    protocol: Protocol, generation: Generation, params: Mapping[str, Any], where: str = "The server's answer"
+) -> list[Token] | None:
     """
     `meta["tokens"]` of a one-piece reply: None unless `details` / `top_n_tokens` asked for it.
 
@@ -467,7 +497,7 @@ def tokens_for_meta(protocol: Protocol, generation: Generation, params: Mapping[
     if top is None:
         return None
     if generation.logprobs is None:
-        raise ResponseFormatError("Token details were asked for (details / top_n_tokens) but the server sent none")
+        raise no_token_details(where)
     return protocol.tokens(generation, top)
 
 

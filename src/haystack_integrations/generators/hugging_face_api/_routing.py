@@ -138,9 +138,12 @@ class Route:
             return request
         return replace(request, params={k: v for k, v in request.params.items() if k != "max_new_tokens"})
 
-    def check(self, params: Mapping[str, Any], stop_words: list[str]) -> None:
-        """Raises `ValueError` naming what this route cannot honour: a parameter, or too many stop words / tokens."""
-        self.protocol.check_parameters(params)
+    def check(self, params: Mapping[str, Any], stop_words: list[str], stream: bool = False) -> None:
+        """
+        Raises `ValueError` naming what this route cannot honour (in a streamed request when `stream`): a
+        parameter, or too many stop words / tokens.
+        """
+        self.protocol.check_parameters(params, stream)
         if self.max_stop_sequences is not None and len(stop_words) > self.max_stop_sequences:
             raise ValueError(
                 f"stop_words: {len(stop_words)} stop words (stop_words plus generation_kwargs['stop']) "

@@ -15,15 +15,9 @@ import re
 from typing import Any
 
 from ._config import Grammar
-from .errors import ResponseFormatError
+from .errors import StructuredOutputError
 
-
-class StructuredOutputError(ResponseFormatError):
-    """A reply constrained by `grammar` that does not follow it; `reply` holds the text."""
-
-    def __init__(self, message: str, reply: str) -> None:
-        super().__init__(message)
-        self.reply = reply
+__all__ = ["StructuredOutputError", "check_structured_reply"]
 
 
 def check_structured_reply(

@@ -5,15 +5,21 @@ loop around each `Exchange`, and the table that names urllib3's exceptions.
 One thread-safe `PoolManager` per server a generator talks to (a `ProxyManager` where the environment names a
 proxy for it), with `retries=False` and `redirect=False`: every retry decision is the core's, and redirects
 are never followed, so each attempt is exactly one request on one connection.
+
+The flows of a `Together` run in threads of their own, handing their chunks to the callback one at a time;
+when one fails, the others are stopped by `_Abort`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, BinaryIO
 
 import urllib3
@@ -30,7 +36,7 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
-from ._core import ClientCore, Driver, Flow, T
+from ._core import ClientCore, Driver, Flow, Sleep, T, Together
 from ._exchange import Exchange, Failure
 from ._http import proxy_for, ssl_context
 from ._routing import Route
@@ -95,11 +101,83 @@ class _LastLine:
         return getattr(self._reader, name)
 
 
-class _HTTPConnection(HTTPConnection):
+class _Abort:
+    """
+    Stops the runs of a `Together` once one of them failed: none starts another attempt or wait, and the
+    connections they are using are shut down, which ends a read blocked on them at once (a stream, or the wait
+    for the head of a one-piece answer, which can last the whole generation).
+    """
+
+    __slots__ = ("_connections", "_fired", "_lock")
+
+    def __init__(self) -> None:
+        self._fired = threading.Event()
+        self._lock = threading.Lock()
+        self._connections: set[HTTPConnection] = set()
+
+    @property
+    def fired(self) -> bool:
+        return self._fired.is_set()
+
+    def fire(self) -> None:
+        with self._lock:
+            self._fired.set()
+            connections = list(self._connections)
+        for connection in connections:
+            _shut_down(connection)
+
+    def sleep(self, seconds: float) -> None:
+        """`time.sleep`, ended early by `fire`."""
+        self._fired.wait(seconds)
+
+    def watch(self, connection: HTTPConnection) -> None:
+        with self._lock:
+            self._connections.add(connection)
+        if self.fired:
+            _shut_down(connection)
+
+    def unwatch(self, connection: object) -> None:
+        if isinstance(connection, HTTPConnection):
+            with self._lock:
+                self._connections.discard(connection)
+
+
+class _Aborted(Exception):
+    """A run of a `Together` stopped because another one failed."""
+
+
+def _shut_down(connection: HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+#: The `_Abort` of the run sending a request in this thread, if it belongs to a `Together`.
+_SENDING = threading.local()
+
+
+class _Watched(HTTPConnection):
+    """A connection that a run of a `Together` sends on is known to that run's `_Abort`, which may shut it down."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        abort: _Abort | None = getattr(_SENDING, "abort", None)
+        if abort is not None:
+            abort.watch(self)
+        super().request(*args, **kwargs)
+
+    def connect(self) -> None:
+        super().connect()
+        abort: _Abort | None = getattr(_SENDING, "abort", None)
+        if abort is not None and abort.fired:  # fired while connecting, before there was a socket to shut down
+            _shut_down(self)
+
+
+class _HTTPConnection(_Watched):
     response_class = _CheckedHead
 
 
-class _HTTPSConnection(HTTPSConnection):
+class _HTTPSConnection(_Watched, HTTPSConnection):
     response_class = _CheckedHead
 
 
@@ -148,20 +226,55 @@ class SyncClient:
                     route = self.run(self._core.resolution(ticket))
         return route
 
-    def run(self, flow: Flow[T], callback: SyncCallback | None = None) -> T:
-        """Runs `flow` to its end, performing its effects; `callback` receives the chunks of its exchanges."""
+    def run(self, flow: Flow[T], callback: SyncCallback | None = None, abort: _Abort | None = None) -> T:
+        """
+        Runs `flow` to its end, performing its effects; `callback` receives the chunks of its exchanges.
+        `abort`: the run is one of a `Together`, and stops when it fires.
+        """
         driver = Driver(flow)
         try:
             effect = driver.start()
             while effect is not None:
+                if abort is not None and abort.fired:
+                    raise _Aborted
                 if isinstance(effect, Exchange):
-                    effect = driver.send(self._exchange(effect, callback))
-                else:
-                    time.sleep(effect.seconds)
+                    effect = driver.send(self._exchange(effect, callback, abort))
+                elif isinstance(effect, Sleep):
+                    if abort is None:
+                        time.sleep(effect.seconds)
+                    else:
+                        abort.sleep(effect.seconds)
                     effect = driver.send(None)
+                else:
+                    effect = driver.send(self._together(effect, callback))
         finally:
             driver.close()
         return driver.result
+
+    def _together(self, together: Together, callback: SyncCallback | None) -> Any:
+        """Runs the flows of `together` in threads, the callback called by one at a time; their outcome."""
+        abort = _Abort()
+        failures: list[tuple[int, BaseException]] = []
+        each = None if callback is None else _one_at_a_time(together.recording(callback))
+
+        def run_one(index: int, flow: Flow[Any]) -> Any:
+            try:
+                return self.run(flow, each, abort)
+            except BaseException as error:
+                if not abort.fired:  # the first failure; the others' come from stopping them
+                    failures.append((index, error))
+                    abort.fire()
+                raise
+
+        flows = together.flows
+        with ThreadPoolExecutor(len(flows), thread_name_prefix="hf-api-reply") as pool:
+            futures = [pool.submit(run_one, index, flow) for index, flow in enumerate(flows)]
+            try:
+                wait(futures)
+            finally:  # also when interrupted here (Ctrl-C): the threads stop before it goes on
+                abort.fire()
+        results = [None if future.exception() else future.result() for future in futures]
+        return together.outcome(results, failures[0] if failures else None)
 
     def close(self) -> None:
         """Closes every connection; the pools reopen if the generator is used again."""
@@ -204,12 +317,14 @@ class SyncClient:
             timeout = self._timeouts[(connect, read)] = urllib3.Timeout(connect=connect, read=read)
         return timeout
 
-    def _exchange(self, exchange: Exchange, callback: SyncCallback | None) -> Any:
+    def _exchange(self, exchange: Exchange, callback: SyncCallback | None, abort: _Abort | None = None) -> Any:
         """
         Performs one exchange: sends its request, reports what comes back, hands its chunks to `callback`
-        (whose own exceptions propagate untouched); returns its outcome.
+        (whose own exceptions propagate untouched); returns its outcome. `abort` may shut its connection down.
         """
         request = exchange.request
+        if abort is not None:
+            _SENDING.abort = abort  # the connection sending the request watches itself (`_Watched`)
         try:
             response = self._pool(request.base).urlopen(
                 request.method,
@@ -224,6 +339,9 @@ class SyncClient:
         except HTTPError as error:
             exchange.fail(_failure(error), str(error))
             return exchange.outcome
+        finally:
+            if abort is not None:
+                _SENDING.abort = None
         try:
             exchange.receive_head(response.status, response.headers)
             blocks = _blocks(response)
@@ -243,10 +361,23 @@ class SyncClient:
                 for chunk in chunks:
                     callback(chunk)  # type: ignore[misc]  # chunks come only with a stream, which has a callback
         finally:
+            if abort is not None:
+                abort.unwatch(response.connection)  # before it serves anyone else
             if not exchange.reusable:  # closing also stops a server that is still generating
                 response.close()
             response.release_conn()
         return exchange.outcome
+
+
+def _one_at_a_time(callback: SyncCallback) -> SyncCallback:
+    """`callback`, called by one thread at a time (chunks of several replies arrive in several threads)."""
+    lock = threading.Lock()
+
+    def serialized(chunk: StreamingChunk) -> Any:
+        with lock:
+            return callback(chunk)
+
+    return serialized
 
 
 def _blocks(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:

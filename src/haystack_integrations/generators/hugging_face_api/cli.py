@@ -38,7 +38,7 @@ from haystack.dataclasses import StreamingChunk
 from haystack.utils import Secret
 
 from ._auth import AMBIENT_TOKEN_VARS, Credentials, chosen_env_var, origin_of, source_of, withheld_variable
-from ._config import HFGenerationAPIType, check_generation_kwargs, check_server_url
+from ._config import HFGenerationAPIType, check_generation_kwargs, check_server_url, parse_grammar
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -113,6 +113,30 @@ def _generation_value(key: str, kind: Callable[[str], Any]) -> Callable[[str], A
     return parse
 
 
+def _json_schema_file(text: str) -> dict[str, Any]:
+    """argparse type of `--json-schema`: a file holding a JSON schema, as `grammar` takes it."""
+    try:
+        schema = json.loads(Path(text).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {_reason(error)}") from None
+    except ValueError as error:  # UnicodeDecodeError included
+        raise argparse.ArgumentTypeError(f"{text} is not JSON ({error})") from None
+    try:
+        parse_grammar({"type": "json", "value": schema}, text)
+    except ValueError as error:  # "FILE['value'] is not a valid JSON schema: ..."
+        raise argparse.ArgumentTypeError(str(error).replace(f"{text}['value']", text, 1)) from None
+    return {"type": "json", "value": schema}
+
+
+def _regex(text: str) -> dict[str, Any]:
+    """argparse type of `--regex`: a regular expression, as `grammar` takes it."""
+    try:
+        parse_grammar({"type": "regex", "value": text}, "")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).partition(" is ")[2] or str(error)) from None
+    return {"type": "regex", "value": text}
+
+
 def _seconds(text: str) -> float:
     """argparse type of `--timeout`."""
     try:
@@ -178,6 +202,25 @@ def _parser() -> argparse.ArgumentParser:
     generation.add_argument("--temperature", type=_generation_value("temperature", float))
     generation.add_argument("--seed", type=_generation_value("seed", int))
     generation.add_argument(
+        "-n",
+        type=_generation_value("n", int),
+        metavar="K",
+        help="K replies (needs sampling: --temperature or do_sample); engines without n get K requests",
+    )
+    structured = generation.add_mutually_exclusive_group()
+    structured.add_argument(
+        "--json-schema",
+        type=_json_schema_file,
+        metavar="FILE",
+        help="constrain the reply to JSON that follows this schema",
+    )
+    structured.add_argument(
+        "--regex", type=_regex, metavar="PATTERN", help="constrain the reply to match this regular expression whole"
+    )
+    generation.add_argument(
+        "--details", action="store_true", help="ask for token details; print each token's log-probability"
+    )
+    generation.add_argument(
         "--generation-kwargs", type=_json_object, default={}, metavar="JSON", help="e.g. '{\"top_k\": 10}'"
     )
     generation.add_argument(
@@ -226,14 +269,25 @@ _TARGET_FLAGS = ("url", "model", "provider", "protocol", "timeout", "api_type", 
 _PIPELINE_FLAGS = ("component", "prompt_input")
 _BATCH_FLAGS = ("output", "overwrite", "concurrency", "no_progress")
 _SINGLE_FLAGS = ("json", "no_stream")
+#: Flags that set a generation parameter, and its key in `--generation-kwargs`.
+_GENERATION_FLAGS = (
+    ("max_new_tokens", "max_new_tokens"),
+    ("temperature", "temperature"),
+    ("seed", "seed"),
+    ("n", "n"),
+    ("json_schema", "grammar"),
+    ("regex", "grammar"),
+    ("details", "details"),
+)
 
 
 def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
+    return ("-" if len(dest) == 1 else "--") + dest.replace("_", "-")
 
 
 def _given(args: argparse.Namespace, dest: str) -> bool:
-    return getattr(args, dest) not in (None, False)
+    value = getattr(args, dest)
+    return value is not None and value is not False  # not `in (None, False)`: `--seed 0` is given
 
 
 def _refuse_flags_that_do_not_apply(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -259,6 +313,9 @@ def _refuse_flags_that_do_not_apply(args: argparse.Namespace, parser: argparse.A
         for dest in _PIPELINE_FLAGS:
             if _given(args, dest):
                 parser.error(f"{_flag(dest)} applies to --pipeline only")
+    for dest, key in _GENERATION_FLAGS:
+        if _given(args, dest) and key in args.generation_kwargs:
+            parser.error(f"{_flag(dest)} and {key!r} in --generation-kwargs say the same thing: give it once")
     if not args.pipeline and not args.url and not args.model:
         parser.error("give --url (a server) or --model (Inference Providers), or --pipeline")
     if args.provider and (args.url or (args.api_type or "serverless_inference_api") != "serverless_inference_api"):
@@ -266,10 +323,11 @@ def _refuse_flags_that_do_not_apply(args: argparse.Namespace, parser: argparse.A
 
 
 def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """`--generation-kwargs` and the generation flags (never both for one key: see `_GENERATION_FLAGS`)."""
     kwargs = dict(args.generation_kwargs)
-    for key in ("max_new_tokens", "temperature", "seed"):
-        if getattr(args, key) is not None:
-            kwargs[key] = getattr(args, key)
+    for dest, key in _GENERATION_FLAGS:
+        if _given(args, dest):
+            kwargs[key] = getattr(args, dest)  # --json-schema and --regex hold the grammar, --details True
     return kwargs
 
 
@@ -368,15 +426,47 @@ def _generator(args: argparse.Namespace, parser: argparse.ArgumentParser, contex
 
 
 class _Printer:
-    """The streaming callback of a single prompt: prints each chunk, and remembers whether a line is open."""
+    """
+    The streaming callback of a single prompt: prints each chunk of the first reply (the others are printed at
+    the end, see `_print_result`), and remembers whether a line is open.
+    """
 
     def __init__(self) -> None:
         self.printed = False
 
     def __call__(self, chunk: StreamingChunk) -> None:
+        if chunk.index:
+            return
         if chunk.content:
             self.printed = True
         print(chunk.content, end="", flush=True)
+
+
+def _print_result(result: dict[str, Any], *, streamed: bool, details: bool) -> None:
+    """The replies on stdout, each after a `--- reply i ---` line when there are several; token details after each."""
+    replies, metas = result["replies"], result["meta"]
+    for index, (reply, meta) in enumerate(zip(replies, metas, strict=True)):
+        if index == 0 and streamed:
+            print()  # the streamed reply's line ends
+        else:
+            if len(replies) > 1:
+                print(f"--- reply {index} ---")
+            print(reply)
+        if details:
+            _print_tokens(meta)
+
+
+def _print_tokens(meta: dict[str, Any]) -> None:
+    """`meta["tokens"]`, a line each: log-probability, the token's text, then its most likely alternatives."""
+    tokens = meta.get("tokens")
+    if tokens is None:
+        return
+    print(f"--- tokens: {len(tokens)}, each with its log-probability and the most likely tokens at its place ---")
+    for token in tokens:
+        logprob = token["logprob"]
+        shown = "      n/a" if logprob is None else f"{logprob:9.4f}"
+        alternatives = ", ".join(f"{alt['text']!r} {alt['logprob']:.4f}" for alt in token["top"])
+        print(f"{shown}  {token['text']!r}" + (f"  ({alternatives})" if alternatives else ""))
 
 
 def _prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
@@ -391,8 +481,9 @@ def _prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
 
 
 def _run_one(args: argparse.Namespace, parser: argparse.ArgumentParser, context: _Context) -> int:
-    printer = None if args.no_stream or args.json else _Printer()
     kwargs = _generation_kwargs(args)
+    # Several replies are printed one after the other at the end, not interleaved as they stream.
+    printer = None if args.no_stream or args.json or (kwargs.get("n") or 1) > 1 else _Printer()
     prompt = _prompt(args, parser)
     try:
         if args.pipeline:
@@ -406,10 +497,8 @@ def _run_one(args: argparse.Namespace, parser: argparse.ArgumentParser, context:
         raise
     if args.json:
         print(json.dumps(result, ensure_ascii=False, default=str))
-    elif printer is None:
-        print(result["replies"][0])
     else:
-        print()
+        _print_result(result, streamed=printer is not None, details=args.details)
     return EXIT_OK
 
 
@@ -641,7 +730,8 @@ class _Index:
     def add(self, record: dict[str, Any]) -> None:
         key = _key_hash(str(record["id"]))
         self.repeated = self.repeated or key in self._entries
-        self._entries[key] = self._fingerprint_bits(record.get("fingerprint")) | ("reply" in record and self._REPLY)
+        answered = "reply" in record or "replies" in record
+        self._entries[key] = self._fingerprint_bits(record.get("fingerprint")) | (answered and self._REPLY)
         self.records += 1
 
     def look_up(self, item: BatchItem) -> tuple[bool, bool, bool]:
@@ -731,7 +821,7 @@ def _scan_output(output: _Output, index: _Index) -> None:
                 record = json.loads(line)
             except ValueError:
                 record = None
-            if isinstance(record, dict) and "id" in record and ("reply" in record or "error" in record):
+            if isinstance(record, dict) and "id" in record and any(k in record for k in ("reply", "replies", "error")):
                 index.add(record)
                 output.needs_newline = not whole
             elif not whole and line.startswith(_RECORD_START):  # a record goes out in one write: its start is whole
@@ -890,7 +980,10 @@ async def _run_batch_async(
             record: dict[str, Any] = {"id": item.id, "fingerprint": item.fingerprint}
             try:
                 result = await ask(item)
-                record.update(reply=result["replies"][0], meta=result["meta"][0])
+                if len(result["replies"]) == 1:
+                    record.update(reply=result["replies"][0], meta=result["meta"][0])
+                else:  # `n`: all the replies, and a meta for each, as the generator returns them
+                    record.update(replies=result["replies"], meta=result["meta"])
                 outcome.answered += 1
             except Exception as error:  # recorded, and tried again by the next run
                 outcome.failures += 1

@@ -20,6 +20,7 @@ the parameter. Everything that goes wrong on the wire is one of these::
     │   └── ServerError                 5xx
     │       └── EndpointNotReadyError   503 from an Inference Endpoint still scaling up after `scale_up_timeout`
     ├── ResponseFormatError             the answer did not follow the protocol (bad JSON, bad SSE)
+    │   └── StructuredOutputError       a reply that `grammar` constrained does not follow it; `reply` holds it
     ├── IncompleteStreamError           a stream ended before its final event
     ├── ProviderResolutionError         serverless: no usable Inference Provider for the model
     └── ConfigurationError              the environment names what cannot be used: SSL_CERT_FILE / SSL_CERT_DIR,
@@ -30,6 +31,11 @@ the token in use replaced by `<redacted>`), `error_type` (TGI's field, when pres
 (seconds, from the `Retry-After` header) and `delivered_text`: the text already handed to the
 streaming callback before the failure, so a caller knows exactly what a partial stream contained. A
 failure is never returned as a reply.
+
+With several replies (`generation_kwargs["n"]`), `delivered_replies` holds the text each reply had handed to
+the streaming callback, by index (`StreamingChunk.index`), and `delivered_text` those texts joined in that
+order. On an engine without `n` each reply is a request of its own; when one of them fails, the call fails
+with that request's error, whose message names the reply and whose `reply_index` is its index.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ __all__ = [
     "RedirectError",
     "ResponseFormatError",
     "ServerError",
+    "StructuredOutputError",
     "ValidationError",
 ]
 
@@ -80,6 +87,10 @@ class HuggingFaceAPIError(Exception):
         self.error_type = error_type
         self.retry_after = retry_after
         self.delivered_text = ""
+        #: Which of several replies (`n`) failed, when one did; None when the call's request failed as a whole.
+        self.reply_index: int | None = None
+        #: With several replies: the text each had handed to the streaming callback, by index.
+        self.delivered_replies: list[str] = []
         self._quoted: Any = None  # server text to quote at the end of the message, once redacted
 
     def quoting(self, server_text: Any) -> Self:
@@ -189,6 +200,17 @@ class EndpointNotReadyError(ServerError):
 
 class ResponseFormatError(HuggingFaceAPIError):
     """The server's answer did not follow the protocol: invalid JSON, a missing field, a malformed event."""
+
+
+class StructuredOutputError(ResponseFormatError):
+    """
+    A reply constrained by `generation_kwargs["grammar"]` that does not follow it: not JSON, not matching the
+    regular expression, or (with `validate_schema`) not following the schema. `reply` holds the reply's text.
+    """
+
+    def __init__(self, message: str, reply: str = "", **details: Any) -> None:
+        super().__init__(message, **details)
+        self.reply = reply
 
 
 class IncompleteStreamError(HuggingFaceAPIError):

@@ -267,9 +267,10 @@ class HuggingFaceAPIGenerator:
         :param prompt: The prompt.
         :param streaming_callback: Called with each `StreamingChunk`; overrides the one given at init.
         :param generation_kwargs: Generation parameters for this call; they override the init ones key by key.
-        :returns: `replies`: a list with the generated text; `meta`: a list with its metadata (`model`,
-            `finish_reason`, `server_finish_reason`, `usage`, `protocol`, `route`, and
-            `completion_start_time` when streaming).
+        :returns: `replies`: the generated texts, one unless `generation_kwargs["n"]` asks for more; `meta`: the
+            metadata of each (`model`, `finish_reason`, `server_finish_reason`, `usage`, `engine`, `protocol`,
+            `route`; `completion_start_time` when streaming, `tokens` and `prefill_tokens` when asked for,
+            `request_usage` for several replies of one request; see README "Outputs").
         :raises HuggingFaceAPIError: (a subclass) when the server cannot be reached or answers with an error.
         """
         request = self._request(prompt, generation_kwargs)
@@ -277,8 +278,8 @@ class HuggingFaceAPIGenerator:
         connection = self._current()
         route = connection.sync.route()
         flow = connection.core.generation(route, request, callback is not None, self._component_info(callback))
-        reply, meta = connection.sync.run(flow, callback)
-        return {"replies": [reply], "meta": [meta]}
+        replies, meta = connection.sync.run(flow, callback)
+        return {"replies": replies, "meta": meta}
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
     async def run_async(
@@ -302,8 +303,8 @@ class HuggingFaceAPIGenerator:
         client = await self._async_client(connection)
         route = await client.route()
         flow = connection.core.generation(route, request, callback is not None, self._component_info(callback))
-        reply, meta = await client.run(flow, callback)
-        return {"replies": [reply], "meta": [meta]}
+        replies, meta = await client.run(flow, callback)
+        return {"replies": replies, "meta": meta}
 
     # --- helpers ---------------------------------------------------------------------------------
 
