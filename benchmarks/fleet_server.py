@@ -5,11 +5,13 @@ decode loop simple enough that the best possible time of a batch is a formula.
 The model (`Engine`, no I/O, so tests and the orchestrator reason about it directly):
 
 - Time advances in steps of `step_seconds / speed`. At every step, each *running* sequence gets one token;
-  those that reached their `max_new_tokens` are answered; then *waiting* requests take the free slots, oldest
-  first (a request that arrives at an idle engine starts at once). At most `batch_size` sequences run.
+  those that reached their length are answered; then *waiting* requests take the free slots, oldest first (a
+  request that arrives at an idle engine starts at once). At most `batch_size` sequences run.
+- A reply's length is the prompt's own (`natural_length`: uniform in `tokens` * (1 ± `spread`), by the prompt's
+  hash), plus the end-of-sequence token, or `max_new_tokens` if that comes first, as a model stops at its EOS.
 - So throughput grows with concurrency up to `batch_size` sequences, then stays flat while the rest queue:
   capacity = batch_size * speed / step_seconds tokens per second, and a request alone takes
-  max_new_tokens * step_seconds / speed seconds. No prefill, no memory limit: one number per replica.
+  (its tokens) * step_seconds / speed seconds. No prefill, no memory limit: one number per replica.
 - Past `queue_limit` requests admitted and not yet answered (running + waiting), a new one is refused at
   once: 429 `{"error": "Model is overloaded", "error_type": "overloaded"}` as TGI's router answers (TGI's
   `max_concurrent_requests`, which `/info` reports), or 503 with `--refuse-status 503` (a busy proxy or
@@ -18,8 +20,8 @@ The model (`Engine`, no I/O, so tests and the orchestrator reason about it direc
 - A client that goes away cancels its sequence (TGI stops generating for a closed connection).
 - The loop keeps time against the clock, not against sleeps: a step that comes late (the machine is busy) is
   caught up at once, so a replica delivers its capacity in wall time whatever the scheduling noise.
-- Replies are a deterministic function of the prompt and the token count (`reply_text`): a client that
-  hands a prompt another prompt's reply is caught.
+- Replies are a deterministic function of the prompt (`expected_reply`): a client that hands a prompt another
+  prompt's reply is caught.
 
 `--step-seconds 0` answers every request at once (no batching, no queue): the single-call overhead
 scenario, which measures the client, not the engine.
@@ -67,7 +69,7 @@ def prompt_text(key: str) -> str:
 
 
 def reply_tokens(prompt: str, n: int) -> list[int]:
-    """Word indices of the reply to `prompt` with n tokens: a 64-bit LCG seeded by the prompt's hash."""
+    """Word indices of the first n tokens of the reply to `prompt`: a 64-bit LCG seeded by the prompt's hash."""
     state = int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big")
     out = []
     for _ in range(n):
@@ -77,8 +79,61 @@ def reply_tokens(prompt: str, n: int) -> list[int]:
 
 
 def reply_text(prompt: str, n: int) -> str:
-    """What a client must return for `prompt` and max_new_tokens n."""
+    """The first n tokens of the reply to `prompt`, as text."""
     return "".join(_WORDS[i] for i in reply_tokens(prompt, n))
+
+
+def natural_length(prompt: str, mean: int, spread: float) -> int:
+    """
+    How many tokens the model says before its end of sequence: uniform in mean * (1 ± spread), by the prompt's
+    hash. Lengths differ as real replies do, so sequences end at different steps and free their slots one by one
+    (equal lengths started together would run in lockstep cohorts, a batch ending at once).
+    """
+    half = int(mean * spread)
+    digest = hashlib.blake2b(prompt.encode(), digest_size=8, person=b"length").digest()
+    return mean - half + int.from_bytes(digest, "big") % (2 * half + 1)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the model generates for one request: `words`, then the end-of-sequence token if it got that far."""
+
+    words: list[int]
+    eos: bool
+
+    @classmethod
+    def plan(cls, prompt: str, max_new_tokens: int, mean: int, spread: float) -> Reply:
+        natural = natural_length(prompt, mean, spread)
+        if max_new_tokens <= natural:  # cut by max_new_tokens (TGI counts the end-of-sequence token in it)
+            return cls(reply_tokens(prompt, max_new_tokens), eos=False)
+        return cls(reply_tokens(prompt, natural), eos=True)
+
+    @property
+    def steps(self) -> int:
+        """Decode steps, i.e. generated tokens, the end-of-sequence token included."""
+        return len(self.words) + self.eos
+
+    @property
+    def text(self) -> str:
+        return "".join(_WORDS[i] for i in self.words)
+
+    @property
+    def finish_reason(self) -> str:
+        return "eos_token" if self.eos else "length"
+
+    def token(self, index: int) -> dict[str, object]:
+        """TGI's `Token` for generated token `index` (the end of sequence is special, and no text of the reply)."""
+        logprob = -round(0.05 + (index * 37 % 100) / 97, 4)
+        if index == len(self.words):
+            return {"id": 2, "text": "</s>", "logprob": -0.01, "special": True}
+        word = self.words[index]
+        return {"id": 1000 + word, "text": _WORDS[word], "logprob": logprob, "special": False}
+
+
+def expected_reply(prompt: str, max_new_tokens: int, mean: int, spread: float) -> tuple[str, int]:
+    """(the text a client must return, the decode steps it costs): what the orchestrator checks and counts."""
+    reply = Reply.plan(prompt, max_new_tokens, mean, spread)
+    return reply.text, reply.steps
 
 
 @dataclass(eq=False)
@@ -204,15 +259,6 @@ _SSE_HEAD = _head(
 )
 
 
-def _token(index: int, word: int) -> dict[str, object]:
-    return {
-        "id": 1000 + word,
-        "text": _WORDS[word],
-        "logprob": -round(0.05 + (index * 37 % 100) / 97, 4),
-        "special": False,
-    }
-
-
 class Replica:
     """The server's state: settings, the engine, and the loop that steps it."""
 
@@ -220,7 +266,9 @@ class Replica:
         self.name = args.name
         self.speed = args.speed
         self.interval = args.step_seconds / args.speed if args.step_seconds > 0 else 0.0
-        self.default_tokens = args.tokens
+        self.mean_tokens = args.tokens
+        self.spread = args.spread
+        self.default_max_new_tokens = 4 * args.tokens  # when a request sets none: its own length decides
         self.refuse_status = args.refuse_status
         self.engine = Engine(args.batch_size, args.queue_limit)
         self.wake = asyncio.Event()
@@ -322,11 +370,13 @@ class Connection(asyncio.Protocol):
     def _handle(self, method: str, path: str, body: bytes) -> None:
         replica = self.replica
         if method == "GET":
-            answers = {"/info": replica.info, "/v1/models": replica.models, "/fleet/stats": None}
+            answers = {"/info": replica.info, "/v1/models": replica.models}
             if path == "/health":
                 self.transport.write(_head("200 OK", [("content-length", "0")]))
+            elif path == "/fleet/stats":
+                self.transport.write(_json(replica.stats()))
             elif path in answers:
-                self.transport.write(_json(answers[path] if path != "/fleet/stats" else replica.stats()))
+                self.transport.write(_json(answers[path]))
             else:
                 self.transport.write(_json({"error": "Not Found", "error_type": "not_found"}, 404))
             return
@@ -339,36 +389,40 @@ class Connection(asyncio.Protocol):
             if not isinstance(prompt, str):
                 raise TypeError("inputs must be a string")
             params = request.get("parameters") or {}
-            tokens = int(params.get("max_new_tokens") or replica.default_tokens)
+            max_new_tokens = int(params.get("max_new_tokens") or replica.default_max_new_tokens)
         except (ValueError, KeyError, TypeError):
             self.transport.write(_json({"error": "bad request", "error_type": "validation"}, 422))
             return
         prompt_tokens = max(1, len(prompt.split()))
-        if tokens < 1 or prompt_tokens + tokens > MAX_TOTAL_TOKENS:
+        if max_new_tokens < 1 or prompt_tokens + max_new_tokens > MAX_TOTAL_TOKENS:
             message = (
                 f"`inputs` tokens + `max_new_tokens` must be <= {MAX_TOTAL_TOKENS}. "
-                f"Given: {prompt_tokens} `inputs` tokens and {tokens} `max_new_tokens`"
+                f"Given: {prompt_tokens} `inputs` tokens and {max_new_tokens} `max_new_tokens`"
             )
             self.transport.write(_json({"error": message, "error_type": "validation"}, 422))
             return
+        answer = _Answer(
+            Reply.plan(prompt, max_new_tokens, replica.mean_tokens, replica.spread),
+            prompt_tokens,
+            bool(params.get("details")),
+            time.monotonic(),
+            replica.name,
+        )
         stream = path == "/generate_stream"
-        details = bool(params.get("details"))
-        arrived = time.monotonic()
-        replica.engine.arrive(arrived)
+        replica.engine.arrive(answer.arrived)
         if replica.interval == 0:  # instant mode: answered at once
-            replica.engine.counts.admitted += 1
-            replica.engine.counts.completed += 1
-            replica.engine.counts.tokens += tokens
-            replica.engine.counts.last_completion = arrived
-            self._answer(prompt, tokens, prompt_tokens, stream, details, arrived)
+            counts = replica.engine.counts
+            counts.admitted += 1
+            counts.completed += 1
+            counts.tokens += answer.reply.steps
+            counts.last_completion = answer.arrived
+            self.transport.write(answer.stream() if stream else answer.whole())
             return
-        words = reply_tokens(prompt, tokens)
-        sequence = Sequence(prompt, tokens, on_done=lambda: None)
+        sequence = Sequence(prompt, answer.reply.steps, on_done=lambda: self._done(answer, stream))
         if stream:
-            sequence.on_token = lambda i: self._stream_token(i, words, tokens, prompt, prompt_tokens, details)
-        sequence.on_done = lambda: self._done(prompt, tokens, prompt_tokens, stream, details, arrived, words)
+            sequence.on_token = lambda i: self.transport.write(answer.event(i))
         if not replica.engine.offer(sequence):
-            if stream and replica.refuse_status == 429:
+            if stream and replica.refuse_status == 429:  # TGI's stream routes answer 200 and send the error
                 self.transport.write(_SSE_HEAD + _event(OVERLOADED) + b"0\r\n\r\n")
             else:
                 self.transport.write(_json(OVERLOADED, replica.refuse_status))
@@ -378,69 +432,64 @@ class Connection(asyncio.Protocol):
             self.transport.write(_SSE_HEAD)
         replica.wake.set()
 
-    def _headers(self, prompt_tokens: int, tokens: int, arrived: float) -> list[tuple[str, str]]:
-        total_ms = int((time.monotonic() - arrived) * 1000)
-        return [
-            ("x-fleet-replica", self.replica.name),
-            ("x-prompt-tokens", str(prompt_tokens)),
-            ("x-generated-tokens", str(tokens)),
-            ("x-total-time", str(total_ms)),
-        ]
-
-    def _answer(
-        self, prompt: str, tokens: int, prompt_tokens: int, stream: bool, details: bool, arrived: float
-    ) -> None:
-        words = reply_tokens(prompt, tokens)
-        if stream:
-            self.transport.write(_SSE_HEAD)
-            for i in range(tokens):
-                self._stream_token(i, words, tokens, prompt, prompt_tokens, details)
-            return
-        self._done(prompt, tokens, prompt_tokens, False, details, arrived, words)
-
-    def _stream_token(
-        self, index: int, words: list[int], tokens: int, prompt: str, prompt_tokens: int, details: bool
-    ) -> None:
-        last = index == tokens - 1
-        event: dict[str, object] = {
-            "index": index + 1,
-            "token": _token(index, words[index]),
-            "generated_text": "".join(_WORDS[w] for w in words) if last else None,
-            "details": None,
-        }
-        if last and details:
-            event["details"] = {
-                "finish_reason": "length",
-                "generated_tokens": tokens,
-                "seed": None,
-                "input_length": prompt_tokens,
-            }
-        self.transport.write(_event(event) + (b"0\r\n\r\n" if last else b""))
-
-    def _done(
-        self,
-        prompt: str,
-        tokens: int,
-        prompt_tokens: int,
-        stream: bool,
-        details: bool,
-        arrived: float,
-        words: list[int],
-    ) -> None:
+    def _done(self, answer: _Answer, stream: bool) -> None:
         self.pending = None
         if not stream:  # a stream's last event went out with its last token
-            answer: dict[str, object] = {"generated_text": "".join(_WORDS[w] for w in words)}
-            if details:
-                answer["details"] = {
-                    "finish_reason": "length",
-                    "generated_tokens": tokens,
-                    "seed": None,
-                    "prefill": [],
-                    "tokens": [_token(i, w) for i, w in enumerate(words)],
-                }
-            self.transport.write(_json(answer, 200, self._headers(prompt_tokens, tokens, arrived)))
+            self.transport.write(answer.whole())
         if self.buffer:  # a request that came in behind this one
             asyncio.get_running_loop().call_soon(self._next)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One request's reply in TGI's shapes: the whole JSON answer, or its stream events."""
+
+    reply: Reply
+    prompt_tokens: int
+    details: bool
+    arrived: float
+    replica: str
+
+    def whole(self) -> bytes:
+        reply = self.reply
+        answer: dict[str, object] = {"generated_text": reply.text}
+        if self.details:
+            answer["details"] = {
+                "finish_reason": reply.finish_reason,
+                "generated_tokens": reply.steps,
+                "seed": None,
+                "prefill": [],
+                "tokens": [reply.token(i) for i in range(reply.steps)],
+            }
+        headers = [
+            ("x-fleet-replica", self.replica),
+            ("x-prompt-tokens", str(self.prompt_tokens)),
+            ("x-generated-tokens", str(reply.steps)),
+            ("x-total-time", str(int((time.monotonic() - self.arrived) * 1000))),
+        ]
+        return _json(answer, 200, headers)
+
+    def event(self, index: int) -> bytes:
+        """The stream event of generated token `index`; the last one ends the body."""
+        reply = self.reply
+        last = index == reply.steps - 1
+        event: dict[str, object] = {
+            "index": index + 1,
+            "token": reply.token(index),
+            "generated_text": reply.text if last else None,
+            "details": None,
+        }
+        if last and self.details:
+            event["details"] = {
+                "finish_reason": reply.finish_reason,
+                "generated_tokens": reply.steps,
+                "seed": None,
+                "input_length": self.prompt_tokens,
+            }
+        return _event(event) + (b"0\r\n\r\n" if last else b"")
+
+    def stream(self) -> bytes:
+        return _SSE_HEAD + b"".join(self.event(i) for i in range(self.reply.steps))
 
 
 def _control(replica: Replica, stop: asyncio.Event) -> None:
@@ -491,12 +540,13 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="sequences decoded together")
     parser.add_argument("--queue-limit", type=int, default=64, help="running + waiting; more are refused")
-    parser.add_argument("--tokens", type=int, default=64, help="tokens per request without max_new_tokens")
+    parser.add_argument("--tokens", type=int, default=64, help="the mean length of a reply, in tokens")
+    parser.add_argument("--spread", type=float, default=0.5, help="reply lengths: uniform in tokens * (1 ± spread)")
     parser.add_argument("--refuse-status", type=int, choices=[429, 503], default=429)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU (os.sched_setaffinity)")
     args = parser.parse_args()
-    if args.speed <= 0 or args.step_seconds < 0:
-        parser.error("--speed must be > 0 and --step-seconds >= 0")
+    if args.speed <= 0 or args.step_seconds < 0 or args.tokens < 1 or not 0 <= args.spread < 1:
+        parser.error("--speed and --tokens must be > 0, --step-seconds >= 0, --spread in [0, 1)")
     if args.cpu is not None and hasattr(os, "sched_setaffinity") and args.cpu in os.sched_getaffinity(0):
         os.sched_setaffinity(0, {args.cpu})
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # a retry storm opens many connections
