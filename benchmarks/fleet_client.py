@@ -7,7 +7,7 @@ The clients of the fleet benchmark, one per process, started by `fleet.py` (whic
   (exponential with full jitter, `--backoff` doubling up to `--backoff-cap`), as often as it takes, and a
   prompt is recorded once, when its reply arrives. With `--window S` it runs on endless prompts instead, and
   measures its steady throughput over S seconds after `--warmup` seconds: the tokens the servers generated in
-  that window (their `/fleet/stats`), in prompts per second (replies come in bursts, a batch at a time).
+  that window (their `/fleet/stats`), a measure that does not depend on which replies happen to end in it.
 - `ours`: the package as a user drives it: one `HuggingFaceAPIGenerator` given every replica URL
   (`api_params["url"]` a list), all prompts started at once through an `asyncio.Semaphore` large enough not
   to limit, so the generator's own admission decides. `--one-url` passes one URL as a string instead (what
@@ -115,7 +115,7 @@ async def raw(args: argparse.Namespace) -> dict[str, Any]:
                 records.append({"id": key, "reply": text, "replica": replica, "attempts": attempt + 1})
 
     async def tokens_so_far() -> tuple[float, int]:
-        """The servers' generated tokens, summed: a steady measure (replies come in bursts of a batch)."""
+        """The servers' generated tokens, summed."""
         total = 0
         for url in urls:
             async with session.get(url + "/fleet/stats") as response:

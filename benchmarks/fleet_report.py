@@ -18,7 +18,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 COMMAND = "bash benchmarks/fleet.sh"
-ORDER = ("ours-python", "ours-cli", "raw-best", "raw-storm", "ours-python-1url", "ours-cli-1url")
 
 
 def _f(value: Any, digits: int = 2, suffix: str = "") -> str:
@@ -36,15 +35,16 @@ def _met(met: bool | None) -> str:
 
 
 def _scenario_keys(results: dict[str, Any]) -> list[str]:
+    """Ours first, then the raw loop by concurrency, then the rest (the wiring check)."""
     scenarios = results["scenarios"]
-    best = results.get("best_concurrency")
-    named = {"raw-best": f"raw-{best}", "raw-storm": "raw-1024"}
-    keys = []
-    for key in ORDER:
-        key = named.get(key, key)
-        if key in scenarios and key not in keys:
-            keys.append(key)
-    return keys + [k for k in scenarios if k not in keys]
+    raw = sorted((k for k in scenarios if k.startswith("raw-")), key=lambda k: int(k.split("-")[1]))
+    first = [k for k in ("ours-python", "ours-cli") if k in scenarios] + raw
+    return first + [k for k in scenarios if k not in first]
+
+
+def _label(results: dict[str, Any], key: str) -> str:
+    label = results["scenarios"][key].get("label", key)
+    return label + (" (best)" if key == f"raw-{results.get('best_concurrency')}" else "")
 
 
 def write_report(results: dict[str, Any], markdown: Path) -> None:
@@ -108,12 +108,12 @@ def write_report(results: dict[str, Any], markdown: Path) -> None:
             lines.append(f"| {key}: not available | {s.get('reason', '')} |" + " |" * 11)
             continue
         if "wall_s" not in s:
-            lines.append(f"| {s['label']} | no answer (exit {s.get('returncode')}) |" + " |" * 11)
+            lines.append(f"| {_label(results, key)} | no answer (exit {s.get('returncode')}) |" + " |" * 11)
             continue
         check = s["check"]
         busy = s.get("machine_busy")
         lines.append(
-            f"| {s['label']} | {s['wall_s']:.2f} | {s['ideal_s']:.2f} | {s['ratio_to_ideal']:.3f} | "
+            f"| {_label(results, key)} | {s['wall_s']:.2f} | {s['ideal_s']:.2f} | {s['ratio_to_ideal']:.3f} | "
             f"{s['prompts_per_s']:.1f} | {s['totals']['refused']:,} | {check['lost']} | {check['duplicated']} | "
             f"{check['wrong']} | {len(s['replicas_used'])}/{len(s['replicas'])} | {s['client_wall_s']:.1f} | "
             f"{_f(s.get('client_cpu_s'), 1)} | {_f(busy * 100 if busy is not None else None, 0, ' %')} |"
@@ -127,7 +127,7 @@ def write_report(results: dict[str, Any], markdown: Path) -> None:
             )
         kill = s.get("kill")
         shown_kill = f"{kill['replica']} at {kill['at_s']:.1f} s for {kill['down_s']:.1f} s" if kill else "–"
-        served.append(f"| {s['label']} | " + " | ".join(cells) + f" | {shown_kill} |")
+        served.append(f"| {_label(results, key)} | " + " | ".join(cells) + f" | {shown_kill} |")
     names = [r["name"] for r in fleet]
     lines += [
         "",
@@ -146,8 +146,9 @@ def write_report(results: dict[str, Any], markdown: Path) -> None:
             "",
             f"Steady throughput of the raw aiohttp loop (round-robin, retry after a jittered exponential backoff) at "
             f"each fixed concurrency, no kill: the tokens the servers generated in {settings['window']:g} s after a "
-            f"{settings['warmup']:g} s warm-up, as prompts/s (the replies in that window come in bursts, a batch "
-            f"at a time). Best: **{results.get('best_concurrency')}** in flight.",
+            f"{settings['warmup']:g} s warm-up, as prompts/s. Within 2 % of the best, and so run on the batch: "
+            f"{', '.join(map(str, results.get('sweep_candidates', [])))}; the fastest batch: "
+            f"**{results.get('best_concurrency')}** in flight.",
             "",
             "| in flight | prompts/s | of the fleet's capacity | replies/s in the window | refused by the servers "
             "| retries |",
