@@ -102,7 +102,7 @@ def _decide(decision: Any, answers: dict[str, ProbeAnswer]) -> tuple[list[str], 
 
 def test_the_engine_comes_from_the_probes_auto_already_makes() -> None:
     asked, route = _decide(
-        resolve_url_route(_settings()),
+        resolve_url_route(_settings(), "http://e.test"),
         {"/info": ProbeAnswer(404), "/v1/models": ProbeAnswer(200, {"data": [VLLM_CARD]})},
     )
     assert asked == ["/info", "/v1/models"]
@@ -113,7 +113,7 @@ def test_the_engine_comes_from_the_probes_auto_already_makes() -> None:
 def test_a_forced_protocol_on_tgi_asks_info_once_v1_models_hints_at_it() -> None:
     info = {"model_id": "org/m", "max_total_tokens": 4096}
     asked, route = _decide(
-        resolve_url_route(_settings(protocol="chat")),
+        resolve_url_route(_settings(protocol="chat"), "http://e.test"),
         {
             "/v1/models": ProbeAnswer(200, {"data": [{"id": "org/m", "owned_by": "org/m"}]}),
             "/info": ProbeAnswer(200, info),
@@ -125,7 +125,7 @@ def test_a_forced_protocol_on_tgi_asks_info_once_v1_models_hints_at_it() -> None
 
 def test_a_given_model_still_asks_v1_models_for_the_engine() -> None:
     asked, route = _decide(
-        resolve_url_route(_settings(protocol="completions", model="adapter-1")),
+        resolve_url_route(_settings(protocol="completions", model="adapter-1"), "http://e.test"),
         {"/v1/models": ProbeAnswer(200, {"data": [VLLM_CARD]})},
     )
     assert asked == ["/v1/models"]
@@ -134,14 +134,14 @@ def test_a_given_model_still_asks_v1_models_for_the_engine() -> None:
 
 def test_a_server_that_does_not_say_is_unknown() -> None:
     _, route = _decide(
-        resolve_url_route(_settings()),
+        resolve_url_route(_settings(), "http://e.test"),
         {"/info": ProbeAnswer(404), "/v1/models": ProbeAnswer(404)},
     )
     assert route.engine is UNKNOWN
 
 
 def test_a_declared_tgi_takes_the_native_route() -> None:
-    asked, route = _decide(resolve_url_route(_settings(engine="tgi")), {"/info": ProbeAnswer(404)})
+    asked, route = _decide(resolve_url_route(_settings(engine="tgi"), "http://e.test"), {"/info": ProbeAnswer(404)})
     assert asked == ["/info"] and route.protocol.name == "tgi"
 
 

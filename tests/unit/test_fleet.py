@@ -24,8 +24,13 @@ class Clock:
         return self.now
 
 
-def fleet(urls: int = 2, admission: Admission = Admission(), clock: Clock | None = None) -> Fleet:  # noqa: B008
-    return Fleet([f"http://r{i}" for i in range(urls)], admission, clock or Clock(), random.Random(1))
+def fleet(
+    urls: int = 2,
+    admission: Admission = Admission(),  # noqa: B008
+    clock: Clock | None = None,
+    spare: bool = True,
+) -> Fleet:
+    return Fleet([f"http://r{i}" for i in range(urls)], admission, clock or Clock(), random.Random(1), spare=spare)
 
 
 def test_requests_go_to_the_less_loaded_of_two_replicas() -> None:
@@ -100,7 +105,7 @@ def test_retry_after_closes_a_replica_until_then() -> None:
 
 def test_the_server_capacity_bounds_the_limit() -> None:
     one = fleet(1)
-    one.seed(one.replicas[0], 8)
+    one.seed(one.replicas[0].base_url, 8)
     assert [one.acquire() is not None for _ in range(9)] == [True] * 8 + [False]
 
 
@@ -135,7 +140,7 @@ def test_repeated_5xx_leave_a_replica_out_and_a_failed_probation_doubles_the_coo
     one = fleet(1, clock=clock)
     for _ in range(3):
         one.release(take(one, 0), Outcome.FAILED)
-    assert one.all_out and one.next_change() == pytest.approx(COOLDOWN)
+    assert one.cannot_serve and one.next_change() == pytest.approx(COOLDOWN)
     clock.now += COOLDOWN
     one.release(take(one, 0), Outcome.FAILED)  # the probe fails: out again, for longer
     assert one.next_change() == pytest.approx(2 * COOLDOWN)
@@ -145,7 +150,7 @@ def test_overload_is_not_failure() -> None:
     one = fleet(1)
     for _ in range(10):
         one.release(take(one, 0), Outcome.OVERLOADED)
-    assert not one.all_out
+    assert not one.cannot_serve
 
 
 def test_a_failed_request_goes_to_another_replica_when_there_is_one() -> None:
@@ -162,3 +167,31 @@ def test_admission_off_never_waits_and_parses_its_forms() -> None:
     for wrong in (0, -1, True, "fast", 2.5):
         with pytest.raises(ValueError, match=r"api_params\['admission'\]"):
             Admission.parse(wrong)
+
+
+def test_a_lone_replica_without_a_fallback_is_never_left_out() -> None:
+    one = fleet(1, spare=False)
+    for _ in range(5):
+        one.release(take(one, 0), Outcome.UNREACHABLE)
+    assert not one.cannot_serve and one.next_change() is None  # its callers try it again, after their backoff
+
+
+def test_a_sleeping_replica_is_closed_until_it_says_or_for_a_while() -> None:
+    clock = Clock()
+    two = fleet(2, clock=clock)
+    two.release(take(two, 0), Outcome.ASLEEP, retry_after=3.0)
+    assert two.next_change() == pytest.approx(3.0)
+    assert two.has_slot() and not two.has_slot(besides=two.replicas[1])
+    two.release(take(two, 1), Outcome.ASLEEP)
+    assert two.cannot_serve  # every replica asleep: a fallback's turn
+    clock.now += 3.0
+    assert not two.cannot_serve
+
+
+def test_a_waiter_queued_with_a_failed_acquire_is_woken_by_the_next_release() -> None:
+    one = fleet(1, Admission("fixed", 1))
+    lease = take(one, 0)
+    woken: list[int] = []
+    assert one.acquire(waiter=lambda: woken.append(1)) is None  # queued in the same step: no wake can be missed
+    one.release(lease, Outcome.ANSWERED)
+    assert woken == [1]

@@ -16,7 +16,7 @@ from haystack_integrations.generators.hugging_face_api import (
     RedirectError,
 )
 from haystack_integrations.generators.hugging_face_api._config import HFGenerationAPIType, parse_api_params
-from haystack_integrations.generators.hugging_face_api._core import ClientCore, Driver, Sleep
+from haystack_integrations.generators.hugging_face_api._core import ClientCore, Driver, Resolve, Sleep
 from haystack_integrations.generators.hugging_face_api._exchange import Exchange
 from haystack_integrations.generators.hugging_face_api._generation import GenerationRequest
 from haystack_integrations.generators.hugging_face_api._http import Answer
@@ -48,7 +48,7 @@ def json_answer(status: int, payload: Any, headers: dict[str, str] | None = None
 
 
 def test_a_server_answering_info_like_tgi_gets_tgis_native_routes() -> None:
-    decision = resolve_url_route(settings())
+    decision = resolve_url_route(settings(), URL)
     assert next(decision) == Probe("server", "/info")
     with pytest.raises(StopIteration) as decided:
         decision.send(ProbeAnswer(200, TGI_INFO))
@@ -57,7 +57,7 @@ def test_a_server_answering_info_like_tgi_gets_tgis_native_routes() -> None:
 
 
 def test_a_server_without_info_gets_completions_with_a_chat_fallback_and_the_listed_model() -> None:
-    decision = resolve_url_route(settings())
+    decision = resolve_url_route(settings(), URL)
     assert next(decision) == Probe("server", "/info")
     assert decision.send(ProbeAnswer(404)) == Probe("server", "/v1/models")
     with pytest.raises(StopIteration) as decided:
@@ -68,7 +68,7 @@ def test_a_server_without_info_gets_completions_with_a_chat_fallback_and_the_lis
 
 
 def test_protocol_chat_with_a_model_and_an_engine_needs_no_probe() -> None:
-    decision = resolve_url_route(settings(protocol="chat", model="m", engine="vllm"))
+    decision = resolve_url_route(settings(protocol="chat", model="m", engine="vllm"), URL)
     with pytest.raises(StopIteration) as decided:
         next(decision)
     assert decided.value.value.protocol.name == "chat"
@@ -99,20 +99,26 @@ def test_serverless_without_a_token_fails_before_any_probe() -> None:
 
 
 def run_by_hand(flow: Any, answers: list[Any]) -> tuple[Any, list[Any]]:
-    """Answers each Exchange with the next item of `answers` (an Answer, or an error to raise in the flow)."""
+    """
+    Answers each Exchange with the next item of `answers` (an Answer, or an error to raise in the flow), and
+    each Resolve with the route already resolved.
+    """
     driver = Driver(flow)
     effects: list[Any] = []
     effect = driver.start()
     while effect is not None:
         effects.append(effect)
-        effect = driver.send(answers.pop(0) if isinstance(effect, Exchange) else None)
+        if isinstance(effect, Resolve):
+            effect = driver.send(effect.core.route_state(effect.base).route)
+        else:
+            effect = driver.send(answers.pop(0) if isinstance(effect, Exchange) else None)
     return driver.result, effects
 
 
 def test_route_resolution_waits_out_a_503_then_takes_tgis_route() -> None:
     core = ClientCore(settings(), None)
     answers = [json_answer(503, {"error": "loading"}, {"retry-after": "2"}), json_answer(200, TGI_INFO)]
-    route, effects = run_by_hand(core.resolution(core.resolutions), answers)
+    route, effects = run_by_hand(core.resolution(URL, core.resolutions), answers)
     assert [type(e).__name__ for e in effects] == ["Exchange", "Sleep", "Exchange"]
     assert isinstance(effects[1], Sleep) and effects[1].seconds == 2  # Retry-After
     assert effects[0].request.url == f"{URL}/info"
@@ -122,36 +128,37 @@ def test_route_resolution_waits_out_a_503_then_takes_tgis_route() -> None:
 def test_a_redirect_during_resolution_is_raised_not_probed_around() -> None:
     core = ClientCore(settings(), None)
     with pytest.raises(RedirectError):
-        run_by_hand(core.resolution(0), [Answer(302, {"location": "https://elsewhere.test/info"})])
+        run_by_hand(core.resolution(URL, 0), [Answer(302, {"location": "https://elsewhere.test/info"})])
 
 
 def test_a_failed_resolution_is_shared_with_a_caller_that_waited_for_it() -> None:
     core = ClientCore(settings(max_retries=0), None)
     ticket = core.resolutions  # read by a second caller before it waits
     with pytest.raises(APIConnectionError):
-        run_by_hand(core.resolution(core.resolutions), [APIConnectionError("down")])
+        run_by_hand(core.resolution(URL, core.resolutions), [APIConnectionError("down")])
     with pytest.raises(APIConnectionError):
-        next(core.resolution(ticket))  # no new Exchange: the waiter gets the failure it waited for
+        next(core.resolution(URL, ticket))  # no new Exchange: the waiter gets the failure it waited for
 
 
 def test_generation_falls_back_to_chat_when_completions_is_missing_and_keeps_it() -> None:
     core = ClientCore(settings(), None)
-    run_by_hand(core.resolution(0), [json_answer(404, {}), json_answer(200, {"data": [{"id": "m"}]})])
+    run_by_hand(core.resolution(URL, 0), [json_answer(404, {}), json_answer(200, {"data": [{"id": "m"}]})])
     request = GenerationRequest("Hi", {"max_new_tokens": 8}, [], False)
     chat = {"choices": [{"message": {"content": "Hello"}, "finish_reason": "stop"}], "model": "m"}
     assert core.route is not None
     ([reply], [meta]), effects = run_by_hand(
-        core.generation(core.route, request, stream=False),
+        core.generation(request, stream=False),
         [json_answer(404, {"error": "no route"}), json_answer(200, chat)],
     )
-    assert [e.request.url for e in effects] == [f"{URL}/v1/completions", f"{URL}/v1/chat/completions"]
+    exchanges = [e for e in effects if isinstance(e, Exchange)]
+    assert [e.request.url for e in exchanges] == [f"{URL}/v1/completions", f"{URL}/v1/chat/completions"]
     assert reply == "Hello" and meta["protocol"] == "chat"
     assert core.route.protocol.name == "chat" and core.route.fallback is None  # kept, once it worked
 
 
 def test_a_streamed_generations_chunks_come_from_its_exchange_one_per_event_the_last_with_meta() -> None:
     core = ClientCore(settings(protocol="tgi", model="m"), None)
-    run_by_hand(core.resolution(0), [json_answer(200, TGI_INFO)])
+    run_by_hand(core.resolution(URL, 0), [json_answer(200, TGI_INFO)])
     request = GenerationRequest("Hi", {}, [], False)
 
     def event(text: str, final: bool = False) -> str:
@@ -161,8 +168,10 @@ def test_a_streamed_generations_chunks_come_from_its_exchange_one_per_event_the_
         return f"data: {json.dumps(payload)}\n\n"
 
     assert core.route is not None
-    driver = Driver(core.generation(core.route, request, stream=True))
-    exchange = driver.start()
+    driver = Driver(core.generation(request, stream=True))
+    resolve = driver.start()
+    assert isinstance(resolve, Resolve) and resolve.base == URL  # the route of the replica admitted: known
+    exchange = driver.send(core.route)
     assert isinstance(exchange, Exchange)
     # What a client does: report the head, then the bytes as they came (here both events in one read).
     exchange.receive_head(200, {"content-type": "text/event-stream"})
@@ -181,10 +190,10 @@ def test_a_streamed_generations_chunks_come_from_its_exchange_one_per_event_the_
 def test_an_interrupted_resolution_leaves_no_failure_behind() -> None:
     core = ClientCore(settings(max_retries=0), None)
     with pytest.raises(APIConnectionError):
-        run_by_hand(core.resolution(core.resolutions), [APIConnectionError("down")])
+        run_by_hand(core.resolution(URL, core.resolutions), [APIConnectionError("down")])
     waiter_ticket = core.resolutions - 1  # a caller that queued behind the failed resolution, and waited on
-    interrupted = Driver(core.resolution(core.resolutions))
+    interrupted = Driver(core.resolution(URL, core.resolutions))
     assert isinstance(interrupted.start(), Exchange)
     interrupted.close()  # cancelled while its probe was in flight
     # The old failure is not handed to the waiter: it resolves for real (its first probe).
-    assert isinstance(Driver(core.resolution(waiter_ticket)).start(), Exchange)
+    assert isinstance(Driver(core.resolution(URL, waiter_ticket)).start(), Exchange)

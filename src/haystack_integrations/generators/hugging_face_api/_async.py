@@ -12,6 +12,7 @@ by itself (`_sent_once`): each attempt is exactly one request on one connection,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import ssl
 import threading
@@ -23,10 +24,12 @@ from typing import Any
 import aiohttp
 from aiohttp.http_exceptions import ContentEncodingError
 
-from ._core import ClientCore, Driver, Flow, Sleep, T, Together
+from ._core import ClientCore, Driver, Flow, Resolve, Sleep, T, Together, WaitForSlot
 from ._exchange import Exchange, Failure
+from ._fleet import Lease
 from ._http import Proxy, proxy_for, ssl_context
 from ._routing import Route
+from .errors import HuggingFaceAPIError
 
 AsyncCallback = Callable[[Any], Awaitable[None] | None]
 
@@ -95,7 +98,7 @@ class _ProxyRoute:
 
 class _LoopState:
     """
-    What one event loop has of a generator: its sessions and its route lock.
+    What one event loop has of a generator: its sessions and its route locks.
 
     A loop's sessions are closed on that loop: by `AsyncClient.close()`, else when the loop shuts down.
     For the latter, a small async generator is registered with the loop and left suspended; the loop's
@@ -104,11 +107,11 @@ class _LoopState:
     (`abandon`): its sessions are then only marked closed, their sockets left to the garbage collector.
     """
 
-    __slots__ = ("_closer", "route_lock", "sessions")
+    __slots__ = ("_closer", "route_locks", "sessions")
 
     def __init__(self) -> None:
         self.sessions: dict[str, tuple[aiohttp.ClientSession, _ProxyRoute]] = {}
-        self.route_lock = asyncio.Lock()
+        self.route_locks: dict[tuple[int, str | None], asyncio.Lock] = {}  # by (id of the core, server)
         # It refers to the loop (through the loop's finalizer hook): dropped once it has run.
         self._closer: AsyncGenerator[None, None] | None = _close_at_loop_shutdown(self)
         _run_now(self._closer.__anext__())  # registers it with the running loop, suspended at its yield
@@ -181,16 +184,33 @@ class AsyncClient:
 
     # --- what the component asks -----------------------------------------------------------------
 
-    async def route(self) -> Route:
-        """The route, resolved once (by whichever task comes first; the others wait without blocking)."""
-        route = self._core.route
+    async def route(self, core: ClientCore, base: str | None) -> Route:
+        """
+        The route to `base` (see `Resolve`), resolved once (by whichever task comes first; the others wait
+        without blocking).
+        """
+        state = core.route_state(base)
+        route = state.route
         if route is None:
-            ticket = self._core.resolutions
-            async with self._state().route_lock:
-                route = self._core.route
+            ticket = state.resolutions
+            locks = self._state().route_locks
+            lock = locks.get((id(core), base)) or locks.setdefault((id(core), base), asyncio.Lock())
+            async with lock:
+                route = state.route
                 if route is None:
-                    route = await self.run(self._core.resolution(ticket))
+                    route = await self.run(core.resolution(base, ticket))
         return route
+
+    async def warm_up(self) -> None:
+        """Resolves the route to every server (see `ClientCore.warmed_up`)."""
+        core = self._core
+        failures: list[HuggingFaceAPIError] = []
+        for base in core.keys:
+            try:
+                await self.route(core, base)
+            except HuggingFaceAPIError as error:
+                failures.append(error)
+        core.warmed_up(failures)
 
     async def run(self, flow: Flow[T], callback: AsyncCallback | None = None) -> T:
         """Runs `flow` to its end, performing its effects; `callback` receives the chunks of its exchanges."""
@@ -203,6 +223,14 @@ class AsyncClient:
                 elif isinstance(effect, Sleep):
                     await asyncio.sleep(effect.seconds)
                     effect = driver.send(None)
+                elif isinstance(effect, Resolve):
+                    try:
+                        route: Route | HuggingFaceAPIError = await self.route(effect.core, effect.base)
+                    except HuggingFaceAPIError as error:
+                        route = error
+                    effect = driver.send(route)
+                elif isinstance(effect, WaitForSlot):
+                    effect = driver.send(await _wait_for_slot(effect))
                 else:
                     effect = driver.send(await self._together(effect, callback))
         finally:
@@ -355,6 +383,32 @@ class AsyncClient:
             else:
                 response.close()
         return exchange.outcome
+
+
+async def _wait_for_slot(effect: WaitForSlot) -> Lease | None:
+    """A slot taken at once, or None once one may have freed (or a left-out replica opens); the loop runs on."""
+    fleet, loop = effect.fleet, asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake() -> None:  # called by whichever thread or loop gives a slot back
+        with contextlib.suppress(RuntimeError):  # this loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, woken)
+
+    lease = fleet.acquire(effect.avoid, wake)
+    if lease is None:
+        try:
+            done, _ = await asyncio.wait((woken,), timeout=fleet.next_change())
+        except BaseException:  # cancelled: a wake it received passes on to the next waiter
+            fleet.forget(wake)
+            raise
+        if not done:
+            fleet.forget(wake)
+    return lease
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _end_reads_when_closed(response: aiohttp.ClientResponse) -> Callable[[], None] | None:

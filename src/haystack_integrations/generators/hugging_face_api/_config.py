@@ -17,6 +17,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ._engines import ENGINE_NAMES
+from ._fleet import Admission
 
 DEFAULT_MAX_NEW_TOKENS = 512
 
@@ -120,6 +121,8 @@ _API_PARAM_KEYS = frozenset(
         "verify",
         "scale_up_timeout",
         "engine",
+        "admission",
+        "fallback",
     }
 )
 
@@ -145,6 +148,13 @@ class APISettings:
     scale_up_timeout: float = 0.0
     #: The engine the user declared (`api_params["engine"]`), or None to find it out.
     engine: str | None = None
+    #: Every server of a URL-based api type (`api_params["url"]`, a string or a list of replicas); `url` is
+    #: the first.
+    urls: tuple[str, ...] = ()
+    #: How many requests each replica is given at once (`api_params["admission"]`).
+    admission: Admission = field(default_factory=Admission)
+    #: The backend that answers while this one cannot (`api_params["fallback"]`), validated.
+    fallback: APISettings | None = None
 
 
 def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISettings:
@@ -160,7 +170,8 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
     if unknown:
         raise ValueError(f"api_params has unknown keys {sorted(unknown)}; valid keys are {sorted(_API_PARAM_KEYS)}")
 
-    url = _optional_str(api_params, "url")
+    urls = _server_urls(api_params.get("url"))
+    url = urls[0] if urls else None
     model = _optional_str(api_params, "model")
     if api_type is HFGenerationAPIType.SERVERLESS_INFERENCE_API:
         if url:
@@ -175,7 +186,6 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
     else:
         if not url:
             raise ValueError(f"api_params['url'] is required for api_type {api_type.value!r}")
-        check_server_url(url)
 
     headers = api_params.get("headers") or {}
     valid_headers = isinstance(headers, Mapping) and all(
@@ -235,7 +245,60 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
         verify=verify,
         scale_up_timeout=scale_up_timeout,
         engine=None if engine == "auto" else engine,
+        urls=urls,
+        admission=Admission.parse(plain(api_params.get("admission"))),
+        fallback=_fallback(api_params.get("fallback")),
     )
+
+
+def _server_urls(value: Any) -> tuple[str, ...]:
+    """`api_params["url"]`: one server (a string), or the replicas of one (a list of strings); () when unset."""
+    if value is None or isinstance(value, str):
+        url = _optional_str({"url": value}, "url")
+        if url is None:
+            return ()
+        check_server_url(url)
+        return (url,)
+    if not isinstance(value, list | tuple):
+        raise TypeError(
+            "api_params['url'] must be a server URL, or a list of the URLs of replicas of one server, "
+            f"got {type(value).__name__}"
+        )
+    if not value:
+        raise ValueError("api_params['url'] is an empty list: give at least one server URL")
+    urls: list[str] = []
+    for index, item in enumerate(value):
+        name = f"api_params['url'][{index}]"
+        if not isinstance(item, str) or not item.strip():
+            raise TypeError(f"{name} must be a server URL (a non-empty string), got {item!r}")
+        url = item.strip()
+        check_server_url(url, name)
+        if url.rstrip("/") in (seen.rstrip("/") for seen in urls):
+            raise ValueError(f"{name} repeats {url!r}: each replica once (a replica's share comes from its speed)")
+        urls.append(url)
+    return tuple(urls)
+
+
+def _fallback(value: Any) -> APISettings | None:
+    """`api_params["fallback"]`: `{"api_type": ..., "api_params": {...}}`, checked as the generator's own."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) - {"api_type", "api_params"} or "api_type" not in value:
+        raise ValueError(
+            "api_params['fallback'] must be {'api_type': ..., 'api_params': {...}}, for example {'api_type': "
+            "'serverless_inference_api', 'api_params': {'model': 'org/name'}}"
+        )
+    try:
+        api_type = HFGenerationAPIType.from_str(value["api_type"])
+    except (ValueError, AttributeError, TypeError) as error:
+        raise ValueError(f"api_params['fallback']['api_type']: {error}") from error
+    params = value.get("api_params") or {}
+    if isinstance(params, Mapping) and "fallback" in params:
+        raise ValueError("api_params['fallback'] cannot have a fallback of its own")
+    try:
+        return parse_api_params(api_type, params)
+    except (ValueError, TypeError) as error:
+        raise type(error)(str(error).replace("api_params", "api_params['fallback']['api_params']", 1)) from error
 
 
 _AUTH_ADVICE = (

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import random
+import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +36,7 @@ from ._auth import Credentials, origin_of, withheld_variable
 from ._config import APISettings, HFGenerationAPIType
 from ._engines import requests_for_replies
 from ._exchange import Exchange
+from ._fleet import Fleet, Lease, Outcome, Replica
 from ._generation import (
     ChoicesStreamState,
     GenerationRequest,
@@ -53,9 +57,20 @@ from ._routing import (
     resolve_url_route,
     server_base_url,
 )
-from .errors import AuthenticationError, HuggingFaceAPIError, ResponseFormatError
+from .errors import (
+    APIConnectionError,
+    APITimeoutError,
+    AuthenticationError,
+    EndpointPausedError,
+    HuggingFaceAPIError,
+    IncompleteStreamError,
+    OverloadedError,
+    ResponseFormatError,
+    StructuredOutputError,
+)
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +129,30 @@ class Together:
         return error
 
 
-Effect = Exchange | Sleep | Together
+@dataclass(frozen=True, slots=True, eq=False)
+class Resolve:
+    """
+    The route to `base` (a replica of `core`'s fleet; None: its one server, or the provider the Hub names),
+    resolved once by whichever caller comes first while the others wait: the outcome is the `Route`, or the
+    error the resolution failed with.
+    """
+
+    core: ClientCore
+    base: str | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WaitForSlot:
+    """
+    Wait (without blocking an event loop) until `fleet` may have a slot, or until a replica that is out opens
+    again: the outcome is a `Lease` taken meanwhile, or None to look again.
+    """
+
+    fleet: Fleet
+    avoid: Replica | None
+
+
+Effect = Exchange | Sleep | Together | Resolve | WaitForSlot
 Flow = Generator[Effect, Any, T]
 
 
@@ -173,11 +211,35 @@ def _merge_headers(base: dict[str, str], winners: Mapping[str, str]) -> dict[str
     return {**{name: value for name, value in base.items() if name.lower() not in taken}, **winners}
 
 
+#: How long a call that a replica refused for overload keeps waiting for admission, without using up
+#: `max_retries`: overload is the fleet's to absorb, not the caller's retry budget; past this, it is.
+OVERLOAD_PATIENCE = 60.0
+#: With a fallback, how long an Inference Endpoint that is scaling up (or paused) is left to the fallback
+#: before the primary is tried again (a request to it also keeps the scale-up going), unless it says when.
+WAKE_RECHECK = 10.0
+
+
+class _RouteState:
+    """The route to one server, and its resolutions: how many finished, how the last failed."""
+
+    __slots__ = ("failure", "lock", "resolutions", "route")
+
+    def __init__(self) -> None:
+        self.route: Route | None = None
+        self.resolutions = 0
+        self.failure: HuggingFaceAPIError | None = None
+        self.lock = threading.Lock()  # the sync client's: one resolution at a time
+
+
 class ClientCore:
     """
     The decisions of one generator, shared by its sync and async clients. Safe to share between threads:
-    the route is one reference, replaced whole; the resolution count and its failure change only under a
-    client's route lock; the per-server caches are filled idempotently (a race computes the same value twice).
+    a route is one reference, replaced whole; a route's resolution count and failure change only under a
+    client's lock for that route; the per-server caches are filled idempotently (a race computes the same
+    value twice); the fleet has its own lock.
+
+    A URL-based api type has a `Fleet` (one replica per URL: admission and health apply to one server too);
+    each replica has its route. `fallback`: the core of the backend that answers while this one cannot.
     """
 
     def __init__(self, settings: APISettings, token: Secret | None) -> None:
@@ -185,14 +247,51 @@ class ClientCore:
         self._token = token
         self._credentials: Credentials | None = None
         self._targets: dict[str, _Target] = {}  # per server base URL
-        self.policy = RetryPolicy(max_retries=settings.max_retries, scale_up_timeout=settings.scale_up_timeout)
-        #: The resolved route, once known.
-        self.route: Route | None = None
-        #: How many route resolutions have finished, and how the last one failed (shared with its waiters).
-        self.resolutions = 0
-        self._resolution_failure: HuggingFaceAPIError | None = None
+        self.fallback = None if settings.fallback is None else ClientCore(settings.fallback, token)
+        # With a fallback, an Inference Endpoint's scale-up is not waited for: the fallback answers meanwhile.
+        scale_up_timeout = settings.scale_up_timeout if self.fallback is None else 0.0
+        self.policy = RetryPolicy(max_retries=settings.max_retries, scale_up_timeout=scale_up_timeout)
+        self.bases = tuple(server_base_url(url) for url in settings.urls)
+        self.fleet = Fleet(self.bases, settings.admission, spare=self.fallback is not None) if self.bases else None
+        # Among replicas, a probe that fails is not retried on that replica: the call moves on to another.
+        several = len(self.bases) > 1
+        self._probe_policy = RetryPolicy(max_retries=0) if several else self.policy
+        self._routes: dict[str | None, _RouteState] = {base: _RouteState() for base in self.bases or (None,)}
         timeout = settings.timeout
         self._connect, self._read = timeout.connect, timeout.read
+
+    @property
+    def route(self) -> Route | None:
+        """The route of the first server (the only one, mostly), once resolved."""
+        return self._routes[self.keys[0]].route
+
+    @property
+    def resolutions(self) -> int:
+        """How many resolutions of the first server's route have finished."""
+        return self._routes[self.keys[0]].resolutions
+
+    def route_state(self, base: str | None) -> _RouteState:
+        return self._routes[base]
+
+    @property
+    def keys(self) -> tuple[str | None, ...]:
+        """The servers to resolve routes for: every replica, or the one server / provider."""
+        return self.bases or (None,)
+
+    def warmed_up(self, failures: Sequence[HuggingFaceAPIError]) -> None:
+        """
+        After resolving every server's route at warm-up: one server's failure is raised; among replicas, the
+        warm-up fails only when none answered (the others are named in a warning, and calls go elsewhere
+        until they answer).
+
+        :raises HuggingFaceAPIError: The first failure, when no server's route could be resolved.
+        """
+        if not failures:
+            return
+        if len(failures) == len(self.keys):
+            raise failures[0]
+        for failure in failures:
+            logger.warning("A replica could not be reached at warm-up; calls use the others: %s", failure.message)
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -212,12 +311,10 @@ class ClientCore:
         target = self._targets.get(base)
         if target is None:
             settings = self.settings
-            endpoint = (
-                settings.api_type is HFGenerationAPIType.INFERENCE_ENDPOINTS
-                and settings.url is not None
-                and origin_of(base) == origin_of(settings.url)
-            )
-            held = settings.scale_up_timeout if endpoint else 0.0
+            endpoint = settings.api_type is HFGenerationAPIType.INFERENCE_ENDPOINTS and origin_of(base) in {
+                origin_of(url) for url in settings.urls
+            }
+            held = self.policy.scale_up_timeout if endpoint else 0.0
             # The user's headers win over our User-Agent; ours win for what the protocol and the policy need.
             ours: dict[str, str] = {}
             if authorization := self.credentials.authorization(base):
@@ -248,53 +345,56 @@ class ClientCore:
 
     # --- route resolution ------------------------------------------------------------------------
 
-    def resolution(self, ticket: int) -> Flow[Route]:
+    def resolution(self, base: str | None, ticket: int) -> Flow[Route]:
         """
-        Decides (and remembers) the route: the probes of `_routing`, each with retries.
+        Decides (and remembers) the route to `base` (see `Resolve`): the probes of `_routing`, each with retries.
 
-        :param ticket: `resolutions` as the caller read it before waiting for its turn. When a resolution
-            finished and failed meanwhile, its error is raised again instead of starting over: callers queued
-            behind a failing resolution fail with it, not one full resolution after another.
+        :param ticket: the route's `resolutions` as the caller read it before waiting for its turn. When a
+            resolution finished and failed meanwhile, its error is raised again instead of starting over:
+            callers queued behind a failing resolution fail with it, not one full resolution after another.
         """
-        if ticket != self.resolutions and self._resolution_failure is not None:
-            raise copy.copy(self._resolution_failure)  # a copy: each caller's traceback is its own
+        state = self._routes[base]
+        if ticket != state.resolutions and state.failure is not None:
+            raise copy.copy(state.failure)  # a copy: each caller's traceback is its own
         try:
-            route = yield from self._resolve()
+            route = yield from self._resolve(base)
         except HuggingFaceAPIError as error:
-            self._resolution_failure = error
+            state.failure = error
             raise
         except BaseException:  # interrupted (a cancellation, a closed flow): no failure to share
-            self._resolution_failure = None
+            state.failure = None
             raise
         else:
-            self._resolution_failure = None
+            state.failure = None
+            state.route = route
         finally:
-            self.resolutions += 1
+            state.resolutions += 1
+        if self.fleet is not None and base is not None:
+            self.fleet.seed(base, route.capacity)
         return route
 
-    def _resolve(self) -> Flow[Route]:
+    def _resolve(self, base: str | None) -> Flow[Route]:
         settings = self.settings
-        if settings.url is not None:
-            decision = resolve_url_route(settings)
+        if base is not None:
+            decision = resolve_url_route(settings, base)
         else:
             decision = resolve_provider_route(settings, self.credentials.available)
         try:
             probe = next(decision)
             while True:
-                request = self._probe_request(probe)
-                answer = yield from self._send(request, self._read_probe, ())
+                request = self._probe_request(probe, base)
+                answer = yield from self._send(request, self._read_probe, (), policy=self._probe_policy)
                 probe = decision.send(answer)
         except StopIteration as decided:
             route: Route = decided.value
-            self.route = route
             return route
 
-    def _probe_request(self, probe: Probe) -> Request:
+    def _probe_request(self, probe: Probe, base: str | None) -> Request:
         if probe.target == "hub":
             hint = "the Hub may have moved the model: check api_params['model']"
             return self._request("GET", hub_url(), probe.path, redirect_hint=hint)
-        assert self.settings.url is not None
-        return self._request("GET", server_base_url(self.settings.url), probe.path)
+        assert base is not None
+        return self._request("GET", base, probe.path)
 
     def _read_probe(self, request: Request, answer: Answer) -> ProbeAnswer:
         try:
@@ -308,57 +408,193 @@ class ClientCore:
     # --- generation ------------------------------------------------------------------------------
 
     def generation(
-        self, route: Route, request: GenerationRequest, stream: bool, component_info: ComponentInfo | None = None
+        self, request: GenerationRequest, stream: bool, component_info: ComponentInfo | None = None
     ) -> Flow[Replies]:
         """
         The replies of one call: `n` of them (one by default), streamed (chunks handed to the callback as the
         events arrive) or in one piece. One request gives them all, unless the engine has no `n`: then each
         reply is a request of its own, with a seed derived from the user's, and they run `Together`.
         """
-        params = request.params
-        if params.get("n", 1) == 1 or route.protocol.rules.sends_n:
-            return (yield from self._request_replies(route, request, stream, component_info))
-        route.check(params, request.stop_words, stream)  # the whole call, `n` included, before any request
-        per_reply = requests_for_replies(params, sends_n=False)
+        return (yield from self._replies(request, stream, component_info, 0, whole_call=True))
+
+    def _separately(
+        self, route: Route, request: GenerationRequest, stream: bool, component_info: ComponentInfo | None
+    ) -> Flow[Replies]:
+        """The `n` replies of a call to an engine without `n`: a request each, `Together`."""
+        route.check(request.params, request.stop_words, stream)  # the whole call, `n` included, before any request
         flows = [
-            self._request_replies(route, replace(request, params=reply_params), stream, component_info, index)
-            for index, reply_params in enumerate(per_reply)
+            self._replies(replace(request, params=params), stream, component_info, index, whole_call=False)
+            for index, params in enumerate(requests_for_replies(request.params, sends_n=False))
         ]
         results: list[Replies] = yield Together(flows)
         return [texts[0] for texts, _ in results], [metas[0] for _, metas in results]
 
-    def _request_replies(
+    def _replies(
         self,
-        route: Route,
         request: GenerationRequest,
         stream: bool,
         component_info: ComponentInfo | None,
-        index: int = 0,
+        index: int,
+        whole_call: bool,
     ) -> Flow[Replies]:
         """
-        The replies of one request: through `route`, or its fallback when the server lacks the route. `index`:
-        the place of its reply among the call's, when the call makes one request per reply.
+        The replies of one request, with its attempts: each on the replica the fleet admits it to (waiting
+        for a slot while every replica is full), through that replica's route; tried again as `_retry` and
+        the fleet decide; answered by the fallback backend while the primary cannot serve. `index`: the place
+        of its reply among the call's, when the call makes one request per reply (then not `whole_call`).
         """
-        request = route.fitted(request)
+        fleet = self.fleet
+        started = time.monotonic()
+        budget: RetryBudget | None = None  # made at the first failure: most calls never need one
+        switched: dict[str | None, Route] = {}  # routes switched to their fallback protocol, until confirmed
+        avoid: Replica | None = None
+        overloads = 0
         while True:
-            route.check(request.params, request.stop_words, stream)
-            protocol = route.protocol
-            body = protocol.build_body(request.prompt, request.params, request.stop_words, stream=stream)
-            http = self._request("POST", route.base_url, protocol.path(stream), body)
-            del body  # not kept alive while the request is in flight
+            lease: Lease | None = None
+            if fleet is not None:
+                lease = fleet.acquire(avoid)
+                while lease is None:
+                    if self.fallback is not None and fleet.cannot_serve:
+                        return (yield from self._on_fallback(request, stream, component_info, index, whole_call))
+                    lease = yield WaitForSlot(fleet, avoid)
+            base = lease.replica.base_url if lease is not None else None
+            exchange: Exchange | None = None
+            state: StreamState | None = None
+            http: Request | None = None
+            resolving = True
             try:
-                if not stream:
-                    replies = yield from self._send(http, self._read_reply, (route, request))
+                route = switched.get(base) or (yield Resolve(self, base))
+                resolving = False
+                if whole_call and request.params.get("n", 1) > 1 and not route.protocol.rules.sends_n:
+                    if lease is not None:  # each reply's request takes a slot of its own
+                        fleet.release(lease, Outcome.UNKNOWN)  # type: ignore[union-attr]
+                        lease = None
+                    return (yield from self._separately(route, request, stream, component_info))
+                fitted = route.fitted(request)
+                route.check(fitted.params, fitted.stop_words, stream)
+                protocol = route.protocol
+                body = protocol.build_body(fitted.prompt, fitted.params, fitted.stop_words, stream=stream)
+                http = self._request("POST", route.base_url, protocol.path(stream), body)
+                del body  # not kept alive while the request is in flight
+                if stream:
+                    state = self._stream_state(route, fitted, component_info, http.where, index)
+                exchange = Exchange(http, state)
+                answer: Answer = yield exchange
+                if state is None:
+                    replies = self._read_reply(http, answer, route, fitted)
                 else:
-                    state = self._stream_state(route, request, component_info, http.where, index)
-                    replies = yield from self._send(http, self._read_stream, (state,), state)
+                    replies = self._read_stream(http, answer, state)
             except HuggingFaceAPIError as error:
-                route = route.after_failure(error)  # re-raises unless there is a fallback for this error
+                if resolving and len(self.bases) < 2 and self.fallback is None:
+                    # One server, nowhere else to go: its probes had their retries already.
+                    if lease is not None:
+                        fleet.release(lease, Outcome.UNKNOWN)  # type: ignore[union-attr]
+                    raise
+                delivered = "" if state is None else state.delivered
+                if isinstance(error, AuthenticationError) and http is not None:
+                    self._explain_refusal(error, http)
+                error.redact(self.redact)  # before it is logged or raised: servers echo what they received
+                outcome = self._outcome(error, exchange, http)
+                if lease is not None:
+                    fleet.release(lease, outcome, retry_after=error.retry_after or 0.0)  # type: ignore[union-attr]
+                    lease, avoid = None, fleet.replica(base) if base else None  # type: ignore[union-attr]
+                if not resolving and route.fallback is not None and error.status_code in (404, 405):
+                    switched[base] = route.after_failure(error)  # completions → chat, kept once it works
+                    continue
+                if delivered:
+                    error.delivered_text = delivered
+                    raise
+                if self.fallback is not None and fleet is not None and fleet.cannot_serve:
+                    logger.info("%s; the fallback answers while the primary cannot", error.message)
+                    return (yield from self._on_fallback(request, stream, component_info, index, whole_call))
+                if (
+                    outcome is Outcome.OVERLOADED
+                    and self._admitting
+                    and avoid is not None
+                    and fleet.others_in_flight(avoid)  # type: ignore[union-attr]
+                    and time.monotonic() - started < OVERLOAD_PATIENCE
+                ):
+                    # Refused while our other requests keep the replica busy: back to admission, whose limit just
+                    # fell, after a short pause; not a retry of the caller's own. (A refusal that our load does
+                    # not explain goes to `max_retries`, as without admission.)
+                    overloads += 1
+                    yield Sleep(random.uniform(0, min(1.0, 0.05 * 2**overloads)))
+                    continue
+                where = http.where if http is not None else f"the route to {base or 'the provider'}"
+                budget = budget or self.policy.budget(where, started)
+                wait = budget.wait_before_retry(error, "")
+                if fleet is not None and outcome in (Outcome.UNREACHABLE, Outcome.FAILED) and fleet.has_slot(avoid):
+                    wait = 0.0  # another replica can take it now
+                if wait:
+                    yield Sleep(wait)
                 continue
-            confirmed = route.confirmed()
-            if confirmed is not self.route:
-                self.route = confirmed
+            except BaseException:
+                if lease is not None:
+                    fleet.release(lease, Outcome.UNKNOWN)  # type: ignore[union-attr]
+                raise
+            if budget is not None:
+                budget.succeeded()  # ends (and logs the end of) a scale-up wait
+            if lease is not None:
+                first_byte = None
+                if stream and exchange.head_at is not None:  # a one-piece answer's head is its whole generation
+                    first_byte = exchange.head_at - exchange.started
+                fleet.release(lease, Outcome.ANSWERED, first_byte=first_byte)  # type: ignore[union-attr]
+            confirmed, known = route.confirmed(), self._routes[base]
+            if known.route is not confirmed:  # the fallback protocol worked, or the route was just confirmed
+                known.route = confirmed
+            return self._labelled(replies, base)
+
+    @property
+    def _admitting(self) -> bool:
+        return self.fleet is not None and self.fleet.admission.mode != "off"
+
+    def _labelled(self, replies: Replies, base: str | None) -> Replies:
+        """Meta says which replica answered (when there are several) and which backend (when there is a fallback)."""
+        several = len(self.bases) > 1
+        if not several and self.fallback is None:
             return replies
+        for meta in replies[1]:
+            if several:
+                meta["replica"] = base
+            if self.fallback is not None:
+                meta["backend"] = "primary"
+        return replies
+
+    def _on_fallback(
+        self,
+        request: GenerationRequest,
+        stream: bool,
+        component_info: ComponentInfo | None,
+        index: int,
+        whole_call: bool,
+    ) -> Flow[Replies]:
+        fallback = self.fallback
+        assert fallback is not None
+        texts, metas = yield from fallback._replies(request, stream, component_info, index, whole_call)
+        for meta in metas:
+            meta["backend"] = "fallback"
+        return texts, metas
+
+    def _outcome(self, error: HuggingFaceAPIError, exchange: Exchange | None, http: Request | None) -> Outcome:
+        """What a failed attempt says of its replica (see `_fleet.Outcome`)."""
+        status = error.status_code
+        if isinstance(error, OverloadedError):
+            return Outcome.OVERLOADED
+        if status == 503 or isinstance(error, EndpointPausedError):
+            endpoint = http is not None and http.endpoint
+            if endpoint or isinstance(error, EndpointPausedError):
+                # An Inference Endpoint scaling up from zero, or paused: asleep, not failing or busy.
+                return Outcome.ASLEEP if self.fallback is not None else Outcome.UNKNOWN
+            return Outcome.OVERLOADED  # a busy engine
+        if status in (500, 502, 504) or isinstance(error, IncompleteStreamError):
+            return Outcome.FAILED
+        if isinstance(error, APITimeoutError):
+            return Outcome.UNREACHABLE if error.phase == "connect" else Outcome.UNKNOWN
+        if isinstance(error, APIConnectionError):
+            return Outcome.UNREACHABLE if exchange is None or exchange.head_at is None else Outcome.FAILED
+        if isinstance(error, ResponseFormatError) and not isinstance(error, StructuredOutputError):
+            return Outcome.FAILED
+        return Outcome.ANSWERED  # the replica works; the request was wrong (a 4xx of its own)
 
     def _stream_state(
         self, route: Route, request: GenerationRequest, component_info: ComponentInfo | None, where: str, index: int
@@ -396,6 +632,7 @@ class ClientCore:
         read: Callable[..., T],
         args: tuple[Any, ...],
         stream: StreamState | None = None,
+        policy: RetryPolicy | None = None,
     ) -> Flow[T]:
         """
         Sends `request` until `read(request, answer, *args)` gives a result, or a failure is not worth another
@@ -414,7 +651,7 @@ class ClientCore:
                 if isinstance(error, AuthenticationError):
                     self._explain_refusal(error, request)
                 error.redact(self.redact)  # before it is logged or raised: servers echo what they received
-                budget = budget or self.policy.budget(request.where, started)
+                budget = budget or (policy or self.policy).budget(request.where, started)
                 yield Sleep(budget.wait_before_retry(error, "" if stream is None else stream.delivered))
                 continue
             if budget is not None:

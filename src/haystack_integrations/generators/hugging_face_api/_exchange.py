@@ -88,8 +88,10 @@ class Exchange:
         "_drained",
         "_error",
         "_phase",
+        "head_at",
         "request",
         "reusable",
+        "started",
     )
 
     def __init__(self, request: Request, stream: StreamState | None, clock: Callable[[], float] = time.monotonic):
@@ -97,6 +99,10 @@ class Exchange:
         #: Whether the connection may serve another request (the body was read to its end).
         self.reusable = False
         self._clock = clock
+        #: When the attempt began, and when its response head arrived (None until it does): the time to first
+        #: byte, and whether a failure came before any byte of the answer.
+        self.started = clock()
+        self.head_at: float | None = None
         self._phase = _Phase.HEAD
         self._body: _BoundedBody | StreamState | None = stream
         self._answer: Answer | None = None
@@ -125,6 +131,7 @@ class Exchange:
     def receive_head(self, status: int, headers: Mapping[str, str]) -> None:
         """A complete response head arrived: decides whether the body is streamed or buffered."""
         stream = self._body
+        self.head_at = self._clock()
         self._answer = Answer(status, headers)
         if isinstance(stream, StreamState) and status < 300 and is_event_stream(headers):
             self._phase = _Phase.EVENTS

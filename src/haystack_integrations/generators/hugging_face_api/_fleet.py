@@ -14,10 +14,13 @@ order of arrival when a slot frees or a left-out replica's cooldown ends.
   TCP Vegas and Netflix's concurrency-limits: +1 per limit's worth of successes while the time to the first
   byte stays near its best; x0.7 when the replica refuses for overload (429, TGI's `overloaded`, a busy 503)
   or the time to first byte climbs past twice its best. A `Retry-After` closes the replica to new requests
-  until then. What the server says of its own capacity (TGI's `max_concurrent_requests`) bounds the limit.
-  A limit given as a number is fixed; `"off"` admits everything (the server refuses what it must).
+  until then. What the server says of its own capacity bounds the limit, and seeds it: TGI's `max_batch_size`
+  when set (more in flight only queues in the server, and a queue there cannot move to a replica that frees
+  up sooner), else its `max_concurrent_requests`. The latency signal is read on streams only (a one-piece
+  answer's first byte is its whole generation). A limit given as a number is fixed; `"off"` admits
+  everything (the server refuses what it must).
 - **Health**: a replica that cannot be reached (a connect failure, a reset before any byte) or that answers
-  500/502/504 three times in a row is left out for a cooldown (5 s, doubling up to 60 s while it keeps
+  500/502/504 three times in a row is left out for a cooldown (2 s, doubling up to 60 s while it keeps
   failing), then tried with one request at a time until one succeeds. Overload is not failure: an overloaded
   replica keeps serving, at a lower limit. No request is ever sent only to check health.
 """
@@ -48,6 +51,8 @@ class Outcome(Enum):
     UNREACHABLE = "unreachable"
     #: 500, 502 or 504.
     FAILED = "failed"
+    #: An Inference Endpoint scaling up from zero, or paused: closed to requests for a while (a fallback's turn).
+    ASLEEP = "asleep"
     #: Neither (a read timeout, a cancellation, a cut stream): says nothing about the replica.
     UNKNOWN = "unknown"
 
@@ -61,8 +66,10 @@ DECREASE = 0.7
 #: Time to first byte beyond this multiple of the best seen counts as the replica queueing.
 LATENCY_TOLERANCE = 2.0
 FAILURES_BEFORE_COOLDOWN = 3
-COOLDOWN = 5.0
+COOLDOWN = 2.0
 MAX_COOLDOWN = 60.0
+#: How long a sleeping replica is left alone (unless it says, with Retry-After) before it is asked again.
+WAKE_RECHECK = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +131,19 @@ class Replica:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetStatus:
+    """A fleet at one moment: replicas (and how many are not left out), requests in flight and waiting, refusals."""
+
+    replicas: int
+    serving: int
+    in_flight: int
+    waiting: int
+    refused: int
+    unreachable: int
+    limits: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """One request's slot on a replica, until it is given back with `Fleet.release`."""
 
@@ -140,9 +160,14 @@ class Fleet:
         admission: Admission = Admission(),
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        *,
+        spare: bool = False,
     ) -> None:
         self.replicas = [Replica(url, limit=INITIAL_LIMIT) for url in base_urls]
         self.admission = admission
+        #: Whether a replica left out has something to stand in for it: another replica, or a fallback (`spare`).
+        #: A lone replica without one is never left out: its callers would only wait instead of trying it.
+        self.may_leave_out = spare or len(self.replicas) > 1
         self._clock = clock
         self._random = rng or random.Random()
         self._lock = threading.Lock()
@@ -150,10 +175,11 @@ class Fleet:
 
     # --- taking and giving back slots ------------------------------------------------------------------
 
-    def acquire(self, avoid: Replica | None = None) -> Lease | None:
+    def acquire(self, avoid: Replica | None = None, waiter: Callable[[], None] | None = None) -> Lease | None:
         """
         A slot on the better of two random replicas that have one (preferring any but `avoid`, the replica
-        that just failed this request); None when every replica is full, closed or out: then wait.
+        that just failed this request); None when every replica is full, closed or out: then wait. `waiter`
+        is then queued (as by `wait`) in the same step, so that no slot can free unseen in between.
         """
         now = self._clock()
         with self._lock:
@@ -161,12 +187,16 @@ class Fleet:
             if len(replicas) == 1:  # the common case: no choice to make
                 replica = replicas[0]
                 if replica.slots(now, self.admission) < 1:
+                    if waiter is not None:
+                        self._waiters.append(waiter)
                     return None
             else:
                 open_ = [r for r in replicas if r.slots(now, self.admission) >= 1]
                 if len(open_) > 1 and avoid is not None and avoid in open_:
                     open_.remove(avoid)
                 if not open_:
+                    if waiter is not None:
+                        self._waiters.append(waiter)
                     return None
                 if len(open_) == 1:
                     replica = open_[0]
@@ -195,6 +225,9 @@ class Fleet:
                 replica.failures += 1
                 if replica.failures >= FAILURES_BEFORE_COOLDOWN or replica.on_probation:
                     self._left_out(replica, now, f"failed {replica.failures} times in a row (HTTP 5xx)")
+            elif outcome is Outcome.ASLEEP:
+                replica.closed_until = max(replica.closed_until, now + (retry_after or WAKE_RECHECK))
+                logger.info("Replica %s is asleep (scaling up or paused); asked again in a while", replica.base_url)
             woken = self._take_waiters(now)
         for wake in woken:  # outside the lock: a woken thread takes its slot at once
             wake()
@@ -207,13 +240,35 @@ class Fleet:
         count = len(self._waiters) if free == float("inf") else min(len(self._waiters), int(free))
         return [self._waiters.popleft() for _ in range(count)]
 
-    def seed(self, replica: Replica, capacity: int | None) -> None:
-        """What the server says it can take (TGI's `/info` `max_concurrent_requests`): the limit's ceiling."""
+    def seed(self, base_url: str, capacity: int | None) -> None:
+        """What the server at `base_url` says it can take (see the module's docstring): the limit and its ceiling."""
         if capacity is None or capacity < 1:
             return
         with self._lock:
-            replica.capacity = float(capacity)
-            replica.limit = min(replica.limit, replica.capacity)
+            for replica in self.replicas:
+                if replica.base_url == base_url:
+                    replica.capacity = float(capacity)
+                    replica.limit = min(replica.limit, replica.capacity)
+        logger.debug("Replica %s says it takes %d requests at once: its limit's ceiling", base_url, capacity)
+
+    def replica(self, base_url: str) -> Replica:
+        """The replica at `base_url`."""
+        return next(replica for replica in self.replicas if replica.base_url == base_url)
+
+    def snapshot(self) -> FleetStatus:
+        """What the fleet is doing, for people (the CLI's progress bar)."""
+        now = self._clock()
+        with self._lock:
+            replicas = self.replicas
+            return FleetStatus(
+                replicas=len(replicas),
+                serving=sum(1 for r in replicas if now >= r.out_until),
+                in_flight=sum(r.in_flight for r in replicas),
+                waiting=len(self._waiters),
+                refused=sum(r.refused for r in replicas),
+                unreachable=sum(r.unreachable for r in replicas),
+                limits=tuple(r.limit for r in replicas),
+            )
 
     # --- waiting ---------------------------------------------------------------------------------------
 
@@ -223,10 +278,17 @@ class Fleet:
             self._waiters.append(wake)
 
     def forget(self, wake: Callable[[], None]) -> None:
-        """A waiter that stops waiting on its own (a timeout, a cancellation, or it was woken)."""
+        """
+        A waiter that stops waiting without taking a slot (a timeout, a cancellation). If it was woken already,
+        its turn passes on to the next waiter, so that a free slot is never left with waiters asleep.
+        """
         with self._lock:
             if wake in self._waiters:
                 self._waiters.remove(wake)
+                return
+            woken = self._take_waiters(self._clock())
+        for other in woken:
+            other()
 
     def wake_all(self) -> None:
         """Wakes every waiter to look again (a replica's cooldown or Retry-After is over)."""
@@ -245,11 +307,21 @@ class Fleet:
         return min(opening) - now if opening else None
 
     @property
-    def all_out(self) -> bool:
-        """Whether every replica is left out for a cooldown (a fallback's turn)."""
+    def cannot_serve(self) -> bool:
+        """Whether every replica is left out or closed (asleep, a Retry-After), not merely full: a fallback's turn."""
         now = self._clock()
         with self._lock:
-            return all(now < replica.out_until for replica in self.replicas)
+            return all(now < max(replica.out_until, replica.closed_until) for replica in self.replicas)
+
+    def has_slot(self, besides: Replica | None = None) -> bool:
+        """Whether a replica other than `besides` would take a request now."""
+        now = self._clock()
+        with self._lock:
+            return any(r is not besides and r.slots(now, self.admission) >= 1 for r in self.replicas)
+
+    def others_in_flight(self, replica: Replica) -> bool:
+        """Whether `replica` still has requests of ours in flight: admission can then lighten its load."""
+        return replica.in_flight > 0
 
     # --- decisions -------------------------------------------------------------------------------------
 
@@ -296,6 +368,8 @@ class Fleet:
         logger.debug("Replica %s: limit %.1f -> %.1f (%s)", replica.base_url, before, replica.limit, why)
 
     def _left_out(self, replica: Replica, now: float, why: str) -> None:
+        if not self.may_leave_out:
+            return
         cooldown = min(MAX_COOLDOWN, COOLDOWN * 2**replica.cooldowns)
         replica.cooldowns += 1
         replica.failures = 0

@@ -107,6 +107,9 @@ class Route:
     max_total_tokens: int | None = None
     #: Tried once if the first request finds no route (404/405): completions → chat.
     fallback: Protocol | None = None
+    #: How many requests the server says it serves at once (TGI's /info: `max_batch_size` when set, else
+    #: `max_concurrent_requests`): admission's ceiling for it.
+    capacity: int | None = None
 
     @property
     def engine(self) -> Engine:
@@ -170,10 +173,11 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def resolve_url_route(settings: APISettings) -> Resolution:
-    """Decides the protocol for `text_generation_inference` and `inference_endpoints`, and learns the engine."""
-    assert settings.url is not None
-    base_url = server_base_url(settings.url)
+def resolve_url_route(settings: APISettings, base_url: str) -> Resolution:
+    """
+    Decides the protocol for `text_generation_inference` and `inference_endpoints` at `base_url` (the
+    server, or one of its replicas), and learns the engine.
+    """
     requested = settings.protocol
     declared = engine_named(settings.engine) if settings.engine else None
     info: ProbeAnswer | None = None
@@ -184,9 +188,10 @@ def resolve_url_route(settings: APISettings) -> Resolution:
             return Route(
                 base_url,
                 TGIProtocol(settings.model or details.get("model_id")),
-                model=settings.model or details.get("model_id") or settings.url,
+                model=settings.model or details.get("model_id") or base_url,
                 max_stop_sequences=_int(details.get("max_stop_sequences")),
                 max_total_tokens=_int(details.get("max_total_tokens")),
+                capacity=_int(details.get("max_batch_size")) or _int(details.get("max_concurrent_requests")),
             )
     model, engine = settings.model, declared
     if model is None or engine is None:
@@ -204,11 +209,11 @@ def resolve_url_route(settings: APISettings) -> Resolution:
             engine = TGI if _looks_like_tgi(info) else None
     engine = engine or UNKNOWN
     if requested == "chat":
-        return Route(base_url, ChatProtocol(model, engine=engine), model=model or settings.url)
+        return Route(base_url, ChatProtocol(model, engine=engine), model=model or base_url)
     return Route(
         base_url,
         CompletionsProtocol(model, engine=engine),
-        model=model or settings.url,
+        model=model or base_url,
         fallback=ChatProtocol(model, engine=engine) if requested == "auto" else None,
     )
 

@@ -36,16 +36,20 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
-from ._core import ClientCore, Driver, Flow, Sleep, T, Together
+from ._core import ClientCore, Driver, Flow, Resolve, Sleep, T, Together, WaitForSlot
 from ._exchange import Exchange, Failure
+from ._fleet import Lease
 from ._http import proxy_for, ssl_context
 from ._routing import Route
+from .errors import HuggingFaceAPIError
 
 SyncCallback = Callable[[StreamingChunk], Any]
 
 #: Connections kept alive per server: as many as threads that use one generator at once, in practice.
 POOL_SIZE = 64
 _BLOCK = 64 * 1024
+#: How often a run of a `Together` waiting for admission looks whether another run failed.
+_ABORT_CHECK = 0.2
 
 #: urllib3's exceptions, most specific first, as the failures the exchange words.
 _FAILURES: tuple[tuple[type[HTTPError], Failure], ...] = (
@@ -215,16 +219,28 @@ class SyncClient:
 
     # --- what the component asks -----------------------------------------------------------------
 
-    def route(self) -> Route:
-        """The route, resolved once (by whichever thread comes first)."""
-        route = self._core.route
+    def route(self, core: ClientCore, base: str | None) -> Route:
+        """The route to `base` (see `Resolve`), resolved once (by whichever thread comes first)."""
+        state = core.route_state(base)
+        route = state.route
         if route is None:
-            ticket = self._core.resolutions
-            with self._route_lock:
-                route = self._core.route
+            ticket = state.resolutions
+            with state.lock:
+                route = state.route
                 if route is None:
-                    route = self.run(self._core.resolution(ticket))
+                    route = self.run(core.resolution(base, ticket))
         return route
+
+    def warm_up(self) -> None:
+        """Resolves the route to every server (see `ClientCore.warmed_up`)."""
+        core = self._core
+        failures: list[HuggingFaceAPIError] = []
+        for base in core.keys:
+            try:
+                self.route(core, base)
+            except HuggingFaceAPIError as error:
+                failures.append(error)
+        core.warmed_up(failures)
 
     def run(self, flow: Flow[T], callback: SyncCallback | None = None, abort: _Abort | None = None) -> T:
         """
@@ -245,6 +261,14 @@ class SyncClient:
                     else:
                         abort.sleep(effect.seconds)
                     effect = driver.send(None)
+                elif isinstance(effect, Resolve):
+                    try:
+                        route: Route | HuggingFaceAPIError = self.route(effect.core, effect.base)
+                    except HuggingFaceAPIError as error:
+                        route = error
+                    effect = driver.send(route)
+                elif isinstance(effect, WaitForSlot):
+                    effect = driver.send(_wait_for_slot(effect, abort))
                 else:
                     effect = driver.send(self._together(effect, callback))
         finally:
@@ -367,6 +391,19 @@ class SyncClient:
                 response.close()
             response.release_conn()
         return exchange.outcome
+
+
+def _wait_for_slot(effect: WaitForSlot, abort: _Abort | None) -> Lease | None:
+    """A slot taken at once, or None once one may have freed (or a left-out replica opens, or `abort` fires)."""
+    fleet, woken = effect.fleet, threading.Event()
+    lease = fleet.acquire(effect.avoid, woken.set)
+    if lease is None:
+        timeout = fleet.next_change()
+        if abort is not None:  # a run of a `Together` looks at its abort now and then
+            timeout = min(timeout or _ABORT_CHECK, _ABORT_CHECK)
+        if not woken.wait(timeout):
+            fleet.forget(woken.set)
+    return lease
 
 
 def _one_at_a_time(callback: SyncCallback) -> SyncCallback:

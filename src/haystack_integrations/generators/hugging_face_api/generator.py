@@ -207,11 +207,11 @@ class HuggingFaceAPIGenerator:
         Contacts the server once to choose the protocol and route (otherwise the first run does). Cheap after
         the first time: Haystack calls it at every `Pipeline.run`.
         """
-        self._current().sync.route()
+        self._current().sync.warm_up()
 
     async def warm_up_async(self) -> None:
         """The async `warm_up`, which Haystack calls at every `Pipeline.run_async`; never blocks the event loop."""
-        await (await self._async_client(self._current())).route()
+        await (await self._async_client(self._current())).warm_up()
 
     def close(self) -> None:
         """
@@ -276,8 +276,7 @@ class HuggingFaceAPIGenerator:
         request = self._request(prompt, generation_kwargs)
         callback = select_streaming_callback(self.streaming_callback, streaming_callback, requires_async=False)
         connection = self._current()
-        route = connection.sync.route()
-        flow = connection.core.generation(route, request, callback is not None, self._component_info(callback))
+        flow = connection.core.generation(request, callback is not None, self._component_info(callback))
         replies, meta = connection.sync.run(flow, callback)
         return {"replies": replies, "meta": meta}
 
@@ -301,8 +300,7 @@ class HuggingFaceAPIGenerator:
         callback = select_streaming_callback(self.streaming_callback, streaming_callback, requires_async=True)
         connection = self._current()
         client = await self._async_client(connection)
-        route = await client.route()
-        flow = connection.core.generation(route, request, callback is not None, self._component_info(callback))
+        flow = connection.core.generation(request, callback is not None, self._component_info(callback))
         replies, meta = await client.run(flow, callback)
         return {"replies": replies, "meta": meta}
 
