@@ -833,7 +833,7 @@ class _HTTPServer(ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(self, fake: FakeServer, tls_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", fake.fixed_port or 0), _Handler)
         self.fake = fake
         if tls_context is not None:
             # Accepted sockets are wrapped without a handshake, which each handler does (_Handler.handle).
@@ -1019,7 +1019,27 @@ class FakeServer(ServedInThread):
         self._routes: list[Route] = []
         super().__init__()
 
+    #: The port to listen on when (re)started; None: any free port.
+    fixed_port: int | None = None
+
     # Lifecycle (start, stop, context manager, port: ServedInThread) ------------------------------
+    def restart(self) -> None:
+        """Starts again on the same port after `stop()` (a replica that died and came back)."""
+        if self._server is None and self.fixed_port is None:
+            raise RuntimeError("restart() needs the server to have run once; call it after stop()")
+        self.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self.fixed_port = self.port  # a restart comes back at the same address
+        super().stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None and self.fixed_port is not None:
+            return self.fixed_port  # stopped: the address it had (and comes back at)
+        return super().port
+
     def _new_server(self) -> _HTTPServer:
         return _HTTPServer(self, None if self.tls is None else server_context(self.tls))
 
@@ -1191,9 +1211,9 @@ class FakeServer(ServedInThread):
         if body is None:  # over the size limit
             self.payload_too_large(ex)
             return
-        if self.max_concurrent is not None and record.method == "POST":
+        if record.method == "POST":  # generations in flight are counted; past `max_concurrent`, refused
             with self._requests_lock:
-                busy = self.in_flight >= self.max_concurrent
+                busy = self.max_concurrent is not None and self.in_flight >= self.max_concurrent
                 if busy:
                     self.refused += 1
                 else:

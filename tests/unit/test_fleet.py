@@ -70,12 +70,17 @@ def test_the_adaptive_limit_grows_with_successes_and_falls_on_overload() -> None
         one.release(lease, Outcome.ANSWERED, first_byte=0.01)
     assert replica.limit == INITIAL_LIMIT + 1  # +1 per limit's worth of successes
     clock.now += 1
-    leases = [one.acquire() for _ in range(5)]
-    for lease in leases:  # five refusals of one overload: one decrease, not five
+    accepted = [one.acquire() for _ in range(3)]  # the replica is generating these
+    refused = [one.acquire() for _ in range(5)]
+    for lease in refused[:2]:  # two refusals of one overload: one decrease (x0.7), not two
         assert lease is not None
         one.release(lease, Outcome.OVERLOADED)
-    assert replica.limit == pytest.approx((INITIAL_LIMIT + 1) * 0.7)
-    assert replica.refused == 5
+    assert replica.limit == pytest.approx(7 * 0.7)  # refused while holding 7: at most that, then x0.7
+    for lease in refused[2:]:  # the last refusals come back while it holds the 3 it took: its capacity
+        assert lease is not None
+        one.release(lease, Outcome.OVERLOADED)
+    assert replica.limit == 3 and replica.refused == 5
+    assert all(lease is not None for lease in accepted)
 
 
 def test_rising_time_to_first_byte_lowers_the_limit() -> None:

@@ -463,8 +463,14 @@ class ClientCore:
             http: Request | None = None
             resolving = True
             try:
+                known = base not in self._routes or self._routes[base].route is not None
                 route = switched.get(base) or (yield Resolve(self, base))
                 resolving = False
+                if lease is not None and not known and not fleet.admits(lease):  # type: ignore[union-attr]
+                    # The replica just said what it takes (TGI's /info), less than what was let through
+                    # before it was known: back to admission.
+                    fleet.release(lease, Outcome.UNKNOWN)  # type: ignore[union-attr]
+                    continue
                 if whole_call and request.params.get("n", 1) > 1 and not route.protocol.rules.sends_n:
                     if lease is not None:  # each reply's request takes a slot of its own
                         fleet.release(lease, Outcome.UNKNOWN)  # type: ignore[union-attr]
@@ -522,9 +528,10 @@ class ClientCore:
                     continue
                 where = http.where if http is not None else f"the route to {base or 'the provider'}"
                 budget = budget or self.policy.budget(where, started)
-                wait = budget.wait_before_retry(error, "")
+                elsewhere = None
                 if fleet is not None and outcome in (Outcome.UNREACHABLE, Outcome.FAILED) and fleet.has_slot(avoid):
-                    wait = 0.0  # another replica can take it now
+                    elsewhere = "another replica"  # which one, admission decides at the next attempt
+                wait = budget.wait_before_retry(error, "", elsewhere)
                 if wait:
                     yield Sleep(wait)
                 continue

@@ -313,6 +313,11 @@ class Fleet:
         with self._lock:
             return all(now < max(replica.out_until, replica.closed_until) for replica in self.replicas)
 
+    def admits(self, lease: Lease) -> bool:
+        """Whether `lease` is still within its replica's limit (which may have fallen since it was taken)."""
+        with self._lock:
+            return lease.replica.slots(self._clock(), self.admission) >= 0
+
     def has_slot(self, besides: Replica | None = None) -> bool:
         """Whether a replica other than `besides` would take a request now."""
         now = self._clock()
@@ -353,8 +358,19 @@ class Fleet:
         replica.failures = 0
         if retry_after > 0:
             replica.closed_until = max(replica.closed_until, now + retry_after)
-        if self.admission.mode == "adaptive":
-            self._decrease(replica, lease, "refused for overload")
+        if self.admission.mode != "adaptive":
+            return
+        # The replica refused one more while it held what is still in flight of ours: when that is anything,
+        # it is the best estimate of what it takes (a burst's refusals come back while its admitted requests
+        # stay, so the last refusal brings the limit to about the replica's capacity in one round).
+        held = replica.in_flight
+        if 1 <= held < replica.limit:
+            logger.debug(
+                "Replica %s: limit %.1f -> %d (refused while holding as many)", replica.base_url, replica.limit, held
+            )
+            replica.limit = float(held)
+            replica.successes_since_increase = 0
+        self._decrease(replica, lease, "refused for overload")
 
     def _decrease(self, replica: Replica, lease: Lease, why: str) -> None:
         # Once per round: the requests sent before the last decrease saw the old limit, and their refusals

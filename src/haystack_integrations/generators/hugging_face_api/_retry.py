@@ -90,12 +90,13 @@ class RetryBudget:
         self._scale_up_waits = 0
         self._waiting_since: float | None = None
 
-    def wait_before_retry(self, error: HuggingFaceAPIError, delivered: str) -> float:
+    def wait_before_retry(self, error: HuggingFaceAPIError, delivered: str, elsewhere: str | None = None) -> float:
         """
         Seconds to wait before the next attempt after `error`.
 
         :param error: What the last attempt raised.
         :param delivered: The text already handed to the streaming callback; any forbids a retry.
+        :param elsewhere: Another server (a replica) that takes the next attempt at once: no wait then.
         :raises HuggingFaceAPIError: `error` itself (with `delivered_text` set) when it is not to be retried,
             or `EndpointNotReadyError` when an endpoint's scale-up took longer than `scale_up_timeout`.
         """
@@ -107,11 +108,14 @@ class RetryBudget:
             raise error
         if error.retry_after is not None and error.retry_after > policy.max_retry_after:
             raise error
+        self._attempts += 1
+        if elsewhere is not None:
+            logger.warning("Attempt %d failed (%s); retrying on %s", self._attempts, error.message, elsewhere)
+            return 0.0
         if error.retry_after is not None:
             wait = error.retry_after
         else:
-            wait = random.uniform(0, min(policy.max_delay, policy.base_delay * 2**self._attempts))
-        self._attempts += 1
+            wait = random.uniform(0, min(policy.max_delay, policy.base_delay * 2 ** (self._attempts - 1)))
         logger.warning("Attempt %d failed (%s); retrying in %.2f s", self._attempts, error.message, wait)
         return wait
 

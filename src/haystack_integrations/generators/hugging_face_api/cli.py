@@ -27,6 +27,7 @@ import re
 import stat
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from haystack.utils import Secret
 
 from ._auth import AMBIENT_TOKEN_VARS, Credentials, chosen_env_var, origin_of, source_of, withheld_variable
 from ._config import HFGenerationAPIType, check_generation_kwargs, check_server_url, parse_grammar
+from ._fleet import Fleet, FleetStatus
+from ._routing import server_base_url
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -65,7 +68,14 @@ EXIT_USAGE = 2  # what argparse uses
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 _MAX_MESSAGE = 600
-_DEFAULT_CONCURRENCY = 8
+#: `--concurrency auto` with replicas (`--url`): how many prompts the batch keeps started at once. The generator's
+#: admission decides how many of them are in flight on each replica; the others wait in the client. Memory is
+#: bounded by this number, whatever the number of prompts.
+_AUTO_STARTED = 1024
+#: `--concurrency auto` without a URL (Inference Providers): nothing there says how much it takes, so few at once.
+_SERVERLESS_CONCURRENCY = 8
+#: How often the progress bar shows the replicas' figures (a snapshot of the fleet takes its lock).
+_FLEET_REFRESH = 0.25
 
 
 class CLIError(Exception):
@@ -148,15 +158,39 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    """argparse type of `--concurrency`."""
+def _concurrency(text: str) -> int | str:
+    """argparse type of `--concurrency`: `auto`, or a number of prompts in flight."""
+    if text.strip().lower() == "auto":
+        return "auto"
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be auto or an integer >= 1, got {text!r}")
     return value
+
+
+class _AppendURL(argparse.Action):
+    """`--url`, repeatable: one gives a string (`api_params["url"]` as before), several a list of replicas."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        given = getattr(namespace, self.dest, None)
+        if given is None:
+            setattr(namespace, self.dest, values)
+        elif isinstance(given, list):
+            setattr(namespace, self.dest, [*given, values])
+        else:
+            setattr(namespace, self.dest, [given, values])
+
+
+def _url_list(url: str | list[str] | None) -> list[str]:
+    """`args.url` as a list: [] without `--url`, one URL per `--url` given."""
+    if url is None:
+        return []
+    return [url] if isinstance(url, str) else list(url)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -175,7 +209,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=[t.value for t in HFGenerationAPIType],
         help="default: text_generation_inference with --url, serverless_inference_api with --model alone",
     )
-    target.add_argument("--url", help="server URL (TGI, vLLM, an Inference Endpoint ...)")
+    target.add_argument(
+        "--url",
+        action=_AppendURL,
+        help="server URL (TGI, vLLM, an Inference Endpoint ...); repeat it for replicas of one server: each request "
+        "goes to one of them, chosen by load",
+    )
     target.add_argument("--model", help="Hub model id (serverless), or the model name to request from --url")
     target.add_argument("--provider", help="Inference Provider for serverless (default: auto)")
     target.add_argument(
@@ -245,7 +284,13 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--overwrite", action="store_true", help="replace an --output that is not this batch's replies file"
     )
-    batch.add_argument("--concurrency", type=_positive_int, help=f"requests in flight (default {_DEFAULT_CONCURRENCY})")
+    batch.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        metavar="auto|N",
+        help=f"prompts in flight: auto (default) keeps up to {_AUTO_STARTED} started and lets each replica's adaptive "
+        f"limit decide how many it is sent ({_SERVERLESS_CONCURRENCY} at once with --model alone); N: at most N",
+    )
     batch.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "-v",
@@ -389,9 +434,10 @@ def _token_hint(token: Secret | None, url: str | None, *, pipeline: bool) -> str
 def _generator(args: argparse.Namespace, parser: argparse.ArgumentParser, context: _Context) -> HuggingFaceAPIGenerator:
     if not args.url and not args.model:
         parser.error("give --url (a server) or --model (Inference Providers), or --pipeline")
-    if args.url:
+    urls = _url_list(args.url)
+    for url in urls:
         advice = "export it as MY_TOKEN and pass --token-env MY_TOKEN (a 'Basic <base64>' value is sent as it is)"
-        check_server_url(args.url, "--url", advice)
+        check_server_url(url, "--url", advice)
     api_type = args.api_type or ("text_generation_inference" if args.url else "serverless_inference_api")
     # A variable named on the command line is the user's choice for this URL: sent, whatever its name.
     token = chosen_env_var(args.token_env) if args.token_env else _DEFAULT_TOKEN
@@ -414,12 +460,27 @@ def _generator(args: argparse.Namespace, parser: argparse.ArgumentParser, contex
     try:
         generator = HuggingFaceAPIGenerator(api_type=api_type, api_params=api_params, token=token, stop_words=args.stop)
     except (ValueError, TypeError) as error:
-        message = str(error)
-        for name, flag in _FLAG_OF_PARAMETER.items():
-            message = message.replace(name, flag)
-        raise CLIError(message) from error
-    context.auth_hint = _token_hint(token, args.url, pipeline=False)
+        raise CLIError(_flag_message(str(error))) from error
+    # Replicas of one server share its token policy; a 401 is explained for the first URL the policy withholds from.
+    shown = next((url for url in urls if withheld_variable(token, url)), urls[0] if urls else None)
+    context.auth_hint = _token_hint(token, shown, pipeline=False)
     return generator
+
+
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def _flag_message(message: str) -> str:
+    """A message of the generator, with the flags that set its parameters instead of their names."""
+    # One of several URLs: "api_params['url'][1] repeats ..." is the 2nd --url.
+    message = re.sub(
+        r"api_params\['url'\]\[(\d+)\]", lambda match: f"the {_ordinal(int(match.group(1)) + 1)} --url", message
+    )
+    for name, flag in _FLAG_OF_PARAMETER.items():
+        message = message.replace(name, flag)
+    return message
 
 
 # --- one prompt -----------------------------------------------------------------------------------
@@ -603,8 +664,10 @@ def _run_pipeline(
 # The output is a log of records, one JSON object a line, appended (one write and a flush each) as prompts are
 # answered: a kill tears at most the last line, which the next run cuts off. Each record carries a fingerprint of
 # what decided its reply (prompt, generation parameters, server, model, protocol, stop words); a later run reuses
-# a reply only for the same id with the same fingerprint. At the end of a resumed pass, the log is compacted
-# (temp file + rename): the latest record per id, in the order they were written.
+# a reply only for the same id with the same fingerprint. Among replicas (`--url` repeated), the server in the
+# fingerprint is the replica that answered: a reply is reused as long as its replica is still given, whichever
+# others are added or left out (the same fingerprint as a run with that one `--url`). At the end of a resumed
+# pass, the log is compacted (temp file + rename): the latest record per id, in the order they were written.
 
 # Every record starts so (the id first): this tells a torn record of ours from a file that is not ours.
 _RECORD_START = b'{"id": '
@@ -623,8 +686,14 @@ class BatchItem:
     id: Any
     prompt: str
     generation_kwargs: dict[str, Any] | None
-    fingerprint: str
+    #: One per server (`--url`), in the order given: a reply from any of them is this prompt's reply.
+    fingerprints: tuple[str, ...]
     line: int
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint with the first server: a record's until a replica answers it."""
+        return self.fingerprints[0]
 
 
 class _Settings:
@@ -633,14 +702,40 @@ class _Settings:
     def __init__(self, args: argparse.Namespace, base_kwargs: dict[str, Any]) -> None:
         self.base_kwargs = base_kwargs
         api_type = args.api_type or ("text_generation_inference" if args.url else "serverless_inference_api")
-        target = [api_type, args.url, args.model, args.provider, args.protocol or "auto", args.stop or []]
-        self._target = json.dumps(target, ensure_ascii=False)
+        urls: list[str | None] = [*_url_list(args.url)] or [None]
+        rest = [args.model, args.provider, args.protocol or "auto", args.stop or []]
+        # The fingerprint hashes json.dumps([target, kwargs, prompt]); each server's target is hashed once here,
+        # each prompt's part once per prompt, whatever the number of replicas.
+        self._starts = []
+        for url in urls:
+            target = json.dumps([api_type, url, *rest], ensure_ascii=False)
+            start = "[" + json.dumps(target, ensure_ascii=False) + ", "
+            self._starts.append(hashlib.blake2b(start.encode("utf-8", "surrogatepass"), digest_size=16))
+        #: meta["replica"] (the base URL that answered) -> its place among the URLs.
+        self._replica_index = {server_base_url(url.strip()): i for i, url in reversed(list(enumerate(urls))) if url}
 
-    def fingerprint(self, prompt: str, kwargs: dict[str, Any] | None) -> str:
+    def fingerprints(self, prompt: str, kwargs: dict[str, Any] | None) -> tuple[str, ...]:
+        """The fingerprint of a prompt with each server (one without `--url`, or with one)."""
         # As the generator sees them: the line's kwargs over the flags' ones, None meaning "the server's default".
         merged = {key: value for key, value in {**self.base_kwargs, **(kwargs or {})}.items() if value is not None}
-        text = json.dumps([self._target, merged, prompt], sort_keys=True, ensure_ascii=False, default=str)
-        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        end = json.dumps(merged, sort_keys=True, ensure_ascii=False, default=str)
+        end += ", " + json.dumps(prompt, ensure_ascii=False) + "]"
+        data = end.encode("utf-8", "surrogatepass")
+        digests = []
+        for start in self._starts:
+            digest = start.copy()
+            digest.update(data)
+            digests.append(digest.hexdigest())
+        return tuple(digests)
+
+    def fingerprint(self, prompt: str, kwargs: dict[str, Any] | None) -> str:
+        """The fingerprint of a prompt with the first (or only) server."""
+        return self.fingerprints(prompt, kwargs)[0]
+
+    def answered(self, item: BatchItem, result: dict[str, Any]) -> str:
+        """The fingerprint of a reply: with the replica that answered it (meta["replica"]; the first if unnamed)."""
+        metas = result.get("meta") or [{}]
+        return item.fingerprints[self._replica_index.get(metas[0].get("replica"), 0)]
 
 
 def _parse_prompt_line(path: Path, number: int, line: str, settings: _Settings) -> BatchItem | None:
@@ -665,7 +760,7 @@ def _parse_prompt_line(path: Path, number: int, line: str, settings: _Settings) 
     except ValueError as error:
         raise CLIError(f"{path}:{number}: {error}") from None
     given_id, prompt = item.get("id", number), item["prompt"]
-    return BatchItem(str(given_id), given_id, prompt, kwargs, settings.fingerprint(prompt, kwargs), number)
+    return BatchItem(str(given_id), given_id, prompt, kwargs, settings.fingerprints(prompt, kwargs), number)
 
 
 def _prompt_items(path: Path, settings: _Settings) -> Iterator[BatchItem]:
@@ -735,13 +830,17 @@ class _Index:
         self.records += 1
 
     def look_up(self, item: BatchItem) -> tuple[bool, bool, bool]:
-        """(recorded, a reply, with this fingerprint) for the id of `item`; marks the id as part of this batch."""
+        """
+        (recorded, a reply, with one of its fingerprints: from one of the servers given) for the id of `item`;
+        marks the id as part of this batch.
+        """
         key = _key_hash(item.key)
         entry = self._entries.get(key)
         if entry is None:
             return False, False, False
         self._entries[key] = entry | self._SEEN
-        return True, bool(entry & self._REPLY), entry >> 2 == self._fingerprint_bits(item.fingerprint) >> 2
+        same = any(entry >> 2 == self._fingerprint_bits(fingerprint) >> 2 for fingerprint in item.fingerprints)
+        return True, bool(entry & self._REPLY), same
 
     def reusable(self, item: BatchItem) -> bool:
         """Whether the latest record of this id is a reply to the same prompt with the same settings."""
@@ -902,18 +1001,58 @@ def _compact(output: _Output) -> None:
 # --- batch: the run -------------------------------------------------------------------------------
 
 
+class BarNotes:
+    """
+    The batch progress bar's postfix: an Inference Endpoint scaling up, and the replicas' figures. Each part is
+    set on its own and the bar shows both, so that neither erases the other.
+    """
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.scale_up = ""
+        self.fleet = ""
+        self._lock = threading.Lock()  # the scale-up part comes from log records, of any thread
+
+    def set(self, *, scale_up: str | None = None, fleet: str | None = None) -> None:
+        with self._lock:
+            if scale_up is not None:
+                self.scale_up = scale_up
+            if fleet is not None:
+                self.fleet = fleet
+            text = " · ".join(part for part in (self.scale_up, self.fleet) if part)
+            if text != (self.progress.postfix or ""):
+                self.progress.set_postfix_str(text)
+
+
+def fleet_figures(status: FleetStatus) -> str:
+    """The replicas' figures for the progress bar: serving (not left out) / given, in flight, waiting, refused."""
+    return (
+        f"replicas {status.serving}/{status.replicas} · in flight {status.in_flight} · waiting {status.waiting} · "
+        f"refused {status.refused}"
+    )
+
+
+async def _show_fleet(fleet: Fleet, notes: BarNotes, every: float = _FLEET_REFRESH) -> None:
+    """Puts the fleet's figures on the progress bar every `every` seconds, until cancelled."""
+    while True:
+        notes.set(fleet=fleet_figures(fleet.snapshot()))
+        await asyncio.sleep(every)
+
+
 class ScaleUpProgress(logging.Handler):
     """
     Shows on the batch progress bar that an Inference Endpoint is scaling up.
 
     The package's logger emits WARNING records carrying `hf_scale_up` ("waiting", "ready" or "gave_up") and
-    `hf_scale_up_seconds` (for "waiting": the longest it will wait). "waiting" sets the bar's postfix,
-    "ready" and "gave_up" clear it; other records are ignored.
+    `hf_scale_up_seconds` (for "waiting": the longest it will wait). "waiting" sets the scale-up part of the
+    bar's postfix, "ready" and "gave_up" clear it (the replicas' figures, see `BarNotes`, stay); other records
+    are ignored.
     """
 
-    def __init__(self, progress: Any) -> None:
+    def __init__(self, progress: Any, notes: BarNotes | None = None) -> None:
         super().__init__(level=logging.DEBUG)
         self.progress = progress
+        self.notes = notes or BarNotes(progress)
 
     def emit(self, record: logging.LogRecord) -> None:
         state = getattr(record, "hf_scale_up", None)
@@ -922,15 +1061,15 @@ class ScaleUpProgress(logging.Handler):
             text = "endpoint scaling up"
             if isinstance(seconds, int | float):
                 text += f", waiting up to {seconds:.0f} s"
-            self.progress.set_postfix_str(text)
+            self.notes.set(scale_up=text)
         elif state in {"ready", "gave_up"}:
-            self.progress.set_postfix_str("")
+            self.notes.set(scale_up="")
 
 
 @contextlib.contextmanager
-def scale_up_progress(progress: Any) -> Iterator[ScaleUpProgress]:
+def scale_up_progress(progress: Any, notes: BarNotes | None = None) -> Iterator[ScaleUpProgress]:
     """Attaches a `ScaleUpProgress` to the package's logger for the duration of the block."""
-    handler = ScaleUpProgress(progress)
+    handler = ScaleUpProgress(progress, notes)
     logger = logging.getLogger(_LOGGER)
     logger.addHandler(handler)
     try:
@@ -957,14 +1096,17 @@ async def _run_batch_async(
     concurrency: int,
     progress: Any,
     redact: Callable[[str], str] = str,
+    fingerprint: Callable[[BatchItem, dict[str, Any]], str] | None = None,
 ) -> _BatchOutcome:
     """
     Answers `items` with `concurrency` workers fed through a queue of as many slots, and passes each record to
     `write` as soon as it is known.
 
     Items are read from `items` only as workers free up: memory is bounded by the concurrency, whatever the
-    number of prompts. A failure of `write` (a full disk) stops the batch; a failure of `ask` becomes an error
-    record, tried again by the next run.
+    number of prompts. (With replicas, how many of the started prompts are in flight on each is the generator's
+    admission's to decide: the others wait in the client.) A failure of `write` (a full disk) stops the batch; a
+    failure of `ask` becomes an error record, tried again by the next run. `fingerprint`: a reply's (by default,
+    the item's).
     """
     outcome = _BatchOutcome()
     queue: asyncio.Queue[BatchItem | None] = asyncio.Queue(maxsize=concurrency)
@@ -980,6 +1122,8 @@ async def _run_batch_async(
             record: dict[str, Any] = {"id": item.id, "fingerprint": item.fingerprint}
             try:
                 result = await ask(item)
+                if fingerprint is not None:
+                    record["fingerprint"] = fingerprint(item, result)
                 if len(result["replies"]) == 1:
                     record.update(reply=result["replies"][0], meta=result["meta"][0])
                 else:  # `n`: all the replies, and a meta for each, as the generator returns them
@@ -1061,8 +1205,12 @@ def _resume_notes(output: _Output, batch: Path, survey: _Survey, index: _Index) 
 def _run_batch(args: argparse.Namespace, parser: argparse.ArgumentParser, context: _Context) -> int:
     if args.output is None:
         parser.error("--batch needs --output (a file, or - for stdout)")
-    concurrency = args.concurrency or _DEFAULT_CONCURRENCY
     generator = _generator(args, parser, context)  # usage errors come before any file is touched
+    fleet = generator._current().core.fleet  # the replicas of --url; None for Inference Providers
+    if isinstance(args.concurrency, int):
+        concurrency = args.concurrency
+    else:  # auto: many started, the replicas' admission decides how many are in flight
+        concurrency = _AUTO_STARTED if fleet is not None else _SERVERLESS_CONCURRENCY
     base_kwargs = _generation_kwargs(args)
     settings = _Settings(args, base_kwargs)
 
@@ -1113,7 +1261,19 @@ def _run_batch(args: argparse.Namespace, parser: argparse.ArgumentParser, contex
             if survey.total > survey.reused:
                 await generator.warm_up_async()  # a wrong --url or token fails once, not once per prompt
             todo = (item for item in _prompt_items(args.batch, settings) if not index.reusable(item))
-            return await _run_batch_async(answer, todo, write, concurrency, progress, context.redact)
+            shown = None
+            if fleet is not None and not args.no_progress:
+                shown = asyncio.create_task(_show_fleet(fleet, scale_up.notes))
+            try:
+                return await _run_batch_async(
+                    answer, todo, write, concurrency, progress, context.redact, settings.answered
+                )
+            finally:
+                if shown is not None:
+                    shown.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await shown
+                    scale_up.notes.set(fleet=fleet_figures(fleet.snapshot()))  # type: ignore[union-attr]
         finally:
             await generator.aclose()
 
@@ -1122,7 +1282,7 @@ def _run_batch(args: argparse.Namespace, parser: argparse.ArgumentParser, contex
         tqdm(total=survey.total, initial=survey.reused, disable=args.no_progress, unit="prompt") as progress,
         # Log lines (a warning, say) are printed above the bar instead of through it.
         logging_redirect_tqdm() if not args.no_progress else contextlib.nullcontext(),
-        scale_up_progress(progress),
+        scale_up_progress(progress) as scale_up,
     ):
         outcome = asyncio.run(run())
     if output.real is not None and (index.repeated or (index.records and write.written)):
