@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -407,3 +408,13 @@ def test_threads_and_event_loops_share_one_fleet(replicas: list[FakeTGI]) -> Non
         thread.join(timeout=30)
     assert not errors and all(not t.is_alive() for t in threads)
     assert max(s.most_in_flight for s in replicas) == 1  # one limit, whatever thread or loop asks
+
+
+def test_the_readme_replicas_yaml_loads_as_written() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Replicas, admission and a fallback", 1)[1].split("\n## ", 1)[0]
+    yaml_text = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    llm: Any = Pipeline.loads(yaml_text).get_component("llm")
+    assert len(llm.api_params["url"]) == 2
+    fallback = llm._current().core.fallback
+    assert fallback is not None and fallback.settings.model == "HuggingFaceTB/SmolLM3-3B"

@@ -181,6 +181,11 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
             )
         if not model:
             raise ValueError("api_params['model'] is required for api_type 'serverless_inference_api'")
+        if api_params.get("fallback") is not None or api_params.get("admission") is not None:
+            raise ValueError(
+                "api_params['fallback'] and api_params['admission'] apply to URL-based api types (servers and "
+                "their replicas); Inference Providers are balanced by the router"
+            )
         if "/" not in model.split(":", 1)[0]:
             raise ValueError(f"api_params['model'] must be a Hub model id such as 'org/name', got {model!r}")
     else:

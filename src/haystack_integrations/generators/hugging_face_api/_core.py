@@ -8,12 +8,16 @@ A *flow* is a generator that yields *effects* for a client to perform and receiv
   sent back is the exchange's `Answer`, or the `HuggingFaceAPIError` it failed with (thrown into the flow);
 - `Sleep(seconds)`: wait before a retry;
 - `Together(flows)`: run several flows at once (the replies of `n` on an engine without `n`, a request each);
-  the outcome is their results in order, or the failure that ended them all.
+  the outcome is their results in order, or the failure that ended them all;
+- `Resolve(core, base)`: the route to a server, resolved once by whichever caller comes first;
+- `WaitForSlot(fleet, avoid)`: wait, without blocking an event loop, until a replica may take the request.
 
-`ClientCore` holds everything that is not I/O (validated settings, credentials, retry policy, the
-resolved route) and writes the two flows: `resolution()` decides the route (probing the server or the
-Hub), `generation()` produces the replies with retries, the completions-to-chat fallback and stop words.
-The sync client (`_sync`, urllib3) and the async client (`_async`, aiohttp) run them with `Driver`.
+`ClientCore` holds everything that is not I/O (validated settings, credentials, retry policy, the fleet of
+replicas and their routes, the fallback's core) and writes the two flows: `resolution()` decides a server's
+route (probing it or the Hub), `generation()` produces the replies: admitted to a replica, with retries
+(elsewhere when another replica can take them), the completions-to-chat fallback, the fallback backend
+while the primary cannot serve, and stop words. The sync client (`_sync`, urllib3) and the async client
+(`_async`, aiohttp) run them with `Driver`.
 """
 
 from __future__ import annotations
@@ -443,7 +447,8 @@ class ClientCore:
         the fleet decide; answered by the fallback backend while the primary cannot serve. `index`: the place
         of its reply among the call's, when the call makes one request per reply (then not `whole_call`).
         """
-        fleet = self.fleet
+        fleet, fallback = self.fleet, self.fallback
+        call = (stream, component_info, index, whole_call)  # the same for the fallback
         started = time.monotonic()
         budget: RetryBudget | None = None  # made at the first failure: most calls never need one
         switched: dict[str | None, Route] = {}  # routes switched to their fallback protocol, until confirmed
@@ -454,8 +459,8 @@ class ClientCore:
             if fleet is not None:
                 lease = fleet.acquire(avoid)
                 while lease is None:
-                    if self.fallback is not None and fleet.cannot_serve:
-                        return (yield from self._on_fallback(request, stream, component_info, index, whole_call))
+                    if fallback is not None and fleet.cannot_serve:
+                        return (yield from self._on_fallback(fallback._replies(request, *call)))
                     lease = yield WaitForSlot(fleet, avoid)
             base = lease.replica.base_url if lease is not None else None
             exchange: Exchange | None = None
@@ -463,10 +468,10 @@ class ClientCore:
             http: Request | None = None
             resolving = True
             try:
-                known = base not in self._routes or self._routes[base].route is not None
-                route = switched.get(base) or (yield Resolve(self, base))
+                known = switched.get(base) or self._routes[base].route
+                route = known or (yield Resolve(self, base))
                 resolving = False
-                if lease is not None and not known and not fleet.admits(lease):  # type: ignore[union-attr]
+                if lease is not None and known is None and not fleet.admits(lease):  # type: ignore[union-attr]
                     # The replica just said what it takes (TGI's /info), less than what was let through
                     # before it was known: back to admission.
                     fleet.release(lease, Outcome.UNKNOWN)  # type: ignore[union-attr]
@@ -503,16 +508,16 @@ class ClientCore:
                 outcome = self._outcome(error, exchange, http)
                 if lease is not None:
                     fleet.release(lease, outcome, retry_after=error.retry_after or 0.0)  # type: ignore[union-attr]
-                    lease, avoid = None, fleet.replica(base) if base else None  # type: ignore[union-attr]
+                    avoid, lease = lease.replica, None
                 if not resolving and route.fallback is not None and error.status_code in (404, 405):
                     switched[base] = route.after_failure(error)  # completions → chat, kept once it works
                     continue
                 if delivered:
                     error.delivered_text = delivered
                     raise
-                if self.fallback is not None and fleet is not None and fleet.cannot_serve:
+                if fallback is not None and fleet is not None and fleet.cannot_serve:
                     logger.info("%s; the fallback answers while the primary cannot", error.message)
-                    return (yield from self._on_fallback(request, stream, component_info, index, whole_call))
+                    return (yield from self._on_fallback(fallback._replies(request, *call)))
                 if (
                     outcome is Outcome.OVERLOADED
                     and self._admitting
@@ -546,9 +551,9 @@ class ClientCore:
                 if stream and exchange.head_at is not None:  # a one-piece answer's head is its whole generation
                     first_byte = exchange.head_at - exchange.started
                 fleet.release(lease, Outcome.ANSWERED, first_byte=first_byte)  # type: ignore[union-attr]
-            confirmed, known = route.confirmed(), self._routes[base]
-            if known.route is not confirmed:  # the fallback protocol worked, or the route was just confirmed
-                known.route = confirmed
+            confirmed, route_state = route.confirmed(), self._routes[base]
+            if route_state.route is not confirmed:  # the fallback protocol worked, or the route was just confirmed
+                route_state.route = confirmed
             return self._labelled(replies, base)
 
     @property
@@ -567,17 +572,10 @@ class ClientCore:
                 meta["backend"] = "primary"
         return replies
 
-    def _on_fallback(
-        self,
-        request: GenerationRequest,
-        stream: bool,
-        component_info: ComponentInfo | None,
-        index: int,
-        whole_call: bool,
-    ) -> Flow[Replies]:
-        fallback = self.fallback
-        assert fallback is not None
-        texts, metas = yield from fallback._replies(request, stream, component_info, index, whole_call)
+    @staticmethod
+    def _on_fallback(flow: Flow[Replies]) -> Flow[Replies]:
+        """The replies of the fallback core's `flow`, labelled as the fallback's."""
+        texts, metas = yield from flow
         for meta in metas:
             meta["backend"] = "fallback"
         return texts, metas
