@@ -169,9 +169,7 @@ def test_a_streamed_generations_chunks_come_from_its_exchange_one_per_event_the_
 
     assert core.route is not None
     driver = Driver(core.generation(request, stream=True))
-    resolve = driver.start()
-    assert isinstance(resolve, Resolve) and resolve.base == URL  # the route of the replica admitted: known
-    exchange = driver.send(core.route)
+    exchange = driver.start()  # the route of the replica admitted is known: no Resolve
     assert isinstance(exchange, Exchange)
     # What a client does: report the head, then the bytes as they came (here both events in one read).
     exchange.receive_head(200, {"content-type": "text/event-stream"})
@@ -197,3 +195,14 @@ def test_an_interrupted_resolution_leaves_no_failure_behind() -> None:
     interrupted.close()  # cancelled while its probe was in flight
     # The old failure is not handed to the waiter: it resolves for real (its first probe).
     assert isinstance(Driver(core.resolution(URL, waiter_ticket)).start(), Exchange)
+
+
+def test_a_generation_resolves_the_route_of_the_replica_it_was_admitted_to() -> None:
+    core = ClientCore(settings(url=[URL, "http://other.test:8080"], max_retries=0), None)
+    driver = Driver(core.generation(GenerationRequest("Hi", {}, [], False), stream=False))
+    resolve = driver.start()
+    assert isinstance(resolve, Resolve) and resolve.core is core
+    assert resolve.base in (URL, "http://other.test:8080")
+    assert core.fleet is not None and core.fleet.replica(resolve.base).in_flight == 1  # admitted first
+    driver.close()  # abandoned (a cancellation): the slot is given back
+    assert core.fleet.replica(resolve.base).in_flight == 0
