@@ -409,7 +409,10 @@ def test_the_batch_attaches_the_scale_up_display_while_it_runs(
     prompts, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_prompts(prompts, 1)
     assert main(["--batch", str(prompts), "--output", str(output), "--url", tgi.url, "--concurrency", "1"]) == 0
-    assert postfixes == ["endpoint scaling up, waiting up to 300 s", ""]
+    # The scale-up note, then (ready) only the replica's figures: the bar keeps each part when the other changes.
+    waiting, ready = postfixes
+    assert waiting.startswith("endpoint scaling up, waiting up to 300 s")
+    assert ready == "replicas 1/1 · in flight 0 · waiting 0 · refused 0"
     assert not any(isinstance(h, ScaleUpProgress) for h in logger.handlers)
 
 
@@ -692,7 +695,8 @@ def test_an_empty_stdin_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys
         ("--max-new-tokens", "0", "argument --max-new-tokens: must be an integer >= 1, got '0'"),
         ("--temperature", "-1", "argument --temperature: must be a number >= 0 (0 means greedy decoding), got '-1'"),
         ("--seed", "x", "argument --seed: must be an integer >= 0 and < 2**63, got 'x'"),
-        ("--concurrency", "0", "argument --concurrency: must be an integer >= 1, got '0'"),
+        ("--concurrency", "0", "argument --concurrency: must be auto or an integer >= 1, got '0'"),
+        ("--concurrency", "many", "argument --concurrency: must be auto or an integer >= 1, got 'many'"),
         ("--generation-kwargs", '{"top_k": 0}', "argument --generation-kwargs: 'top_k' must be an integer >= 1, got 0"),
         ("--generation-kwargs", '{"max_tokens": 9}', "argument --generation-kwargs: 'max_tokens' is not a known"),
     ],
