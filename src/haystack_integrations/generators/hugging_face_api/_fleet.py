@@ -143,7 +143,7 @@ class FleetStatus:
     limits: tuple[float, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and a frozen dataclass's __init__ costs more
 class Lease:
     """One request's slot on a replica, until it is given back with `Fleet.release`."""
 
