@@ -200,3 +200,18 @@ def test_a_waiter_queued_with_a_failed_acquire_is_woken_by_the_next_release() ->
     assert one.acquire(waiter=lambda: woken.append(1)) is None  # queued in the same step: no wake can be missed
     one.release(lease, Outcome.ANSWERED)
     assert woken == [1]
+
+
+def test_a_replica_that_dies_with_many_requests_in_flight_is_left_out_once() -> None:
+    clock = Clock()
+    two = fleet(2, clock=clock)
+    in_flight = [take(two, 0) for _ in range(32)]
+    clock.now += 0.5
+    for lease in in_flight:  # the replica dies: every request on it fails at once
+        two.release(lease, Outcome.UNREACHABLE)
+    replica = two.replicas[0]
+    assert replica.unreachable == 32 and replica.cooldowns == 1
+    assert two.next_change() == pytest.approx(COOLDOWN)  # the first cooldown, not the longest
+    clock.now += COOLDOWN
+    two.release(take(two, 0), Outcome.UNREACHABLE)  # still dead when it is tried again: that one counts
+    assert replica.cooldowns == 2 and two.next_change() == pytest.approx(2 * COOLDOWN)

@@ -113,6 +113,7 @@ class Replica:
     unreachable: int = 0
     successes_since_increase: int = field(default=0, repr=False)
     decreased_at: float = field(default=float("-inf"), repr=False)
+    left_out_at: float = field(default=float("-inf"), repr=False)
 
     def slots(self, now: float, admission: Admission) -> float:
         """How many more requests it may take now (0 when closed, out, or full)."""
@@ -220,11 +221,11 @@ class Fleet:
                 self._overloaded(replica, lease, now, retry_after)
             elif outcome is Outcome.UNREACHABLE:
                 replica.unreachable += 1
-                self._left_out(replica, now, "cannot be reached")
+                self._left_out(replica, lease, now, "cannot be reached")
             elif outcome is Outcome.FAILED:
                 replica.failures += 1
                 if replica.failures >= FAILURES_BEFORE_COOLDOWN or replica.on_probation:
-                    self._left_out(replica, now, f"failed {replica.failures} times in a row (HTTP 5xx)")
+                    self._left_out(replica, lease, now, f"failed {replica.failures} times in a row (HTTP 5xx)")
             elif outcome is Outcome.ASLEEP:
                 replica.closed_until = max(replica.closed_until, now + (retry_after or WAKE_RECHECK))
                 logger.info("Replica %s is asleep (scaling up or paused); asked again in a while", replica.base_url)
@@ -383,12 +384,17 @@ class Fleet:
         replica.successes_since_increase = 0
         logger.debug("Replica %s: limit %.1f -> %.1f (%s)", replica.base_url, before, replica.limit, why)
 
-    def _left_out(self, replica: Replica, now: float, why: str) -> None:
+    def _left_out(self, replica: Replica, lease: Lease, now: float, why: str) -> None:
         if not self.may_leave_out:
+            return
+        if lease.started < replica.left_out_at:
+            # Sent before the replica was left out: one death fails all its requests in flight at once, and
+            # they say nothing new (else a replica with 32 in flight would be out for the longest cooldown).
             return
         cooldown = min(MAX_COOLDOWN, COOLDOWN * 2**replica.cooldowns)
         replica.cooldowns += 1
         replica.failures = 0
         replica.out_until = now + cooldown
+        replica.left_out_at = now
         replica.on_probation = True
         logger.warning("Replica %s %s; left out for %.0f s", replica.base_url, why, cooldown)
