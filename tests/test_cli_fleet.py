@@ -29,7 +29,7 @@ from tqdm import tqdm
 from haystack_integrations.generators.hugging_face_api import cli
 from haystack_integrations.generators.hugging_face_api._fleet import FleetStatus
 from haystack_integrations.generators.hugging_face_api.cli import BarNotes, fleet_figures, main, scale_up_progress
-from tests.fakes import FakeTGI
+from tests.fakes import FakeHub, FakeRouter, FakeTGI
 from tests.helpers import TEXT, posts
 
 PACKAGE_LOGGER = "haystack_integrations.generators.hugging_face_api"
@@ -165,6 +165,23 @@ def test_auto_starts_many_prompts_at_once(tmp_path: Path, capsys: pytest.Capture
         assert server.most_in_flight > 8
         assert posts(server) == 100
     assert len(read_records(output)) == 100
+
+
+def test_auto_keeps_eight_in_flight_for_inference_providers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without a URL there is no fleet to admit requests: auto is the batch's old default, 8 at once."""
+    models = {"org/text": [{"provider": "featherless-ai", "task": "text-generation"}]}
+    prompts, output = write_prompts(tmp_path / "prompts.jsonl", 40), tmp_path / "out.jsonl"
+    with FakeHub(models) as hub, FakeRouter(models=hub.models, token_delay=0.005) as router:
+        router.max_concurrent = COUNT_IN_FLIGHT
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_ROUTER_URL", router.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        argv = ["--batch", str(prompts), "--output", str(output), "--model", "org/text", "--no-progress"]
+        assert main(argv) == 0
+        assert router.most_in_flight == 8
+    assert len(read_records(output)) == 40
 
 
 @pytest.mark.parametrize("concurrency", [[], ["--concurrency", "auto"]], ids=["default", "auto"])

@@ -8,6 +8,10 @@ Command line: `hf-api-generate`.
   resumes after an interruption: what was answered for the same prompt with the same settings is skipped, the
   rest is asked (again).
 
+`--url` repeated names replicas of one server (`api_params["url"]` becomes their list): each request goes to one
+of them, as the generator's fleet decides. A batch keeps many prompts started (`--concurrency auto`) and lets
+each replica's adaptive limit decide how many are in flight; its progress bar shows the replicas' figures.
+
 Failures are reported in one or two lines on stderr (`error: ...`, then `hint: ...` saying what to check);
 `--verbose` prints the traceback first. Exit codes: 0 success, 1 a failure at run time (the server, a file,
 a prompt of the batch), 2 a usage error (argparse's convention), 130 interrupted.
