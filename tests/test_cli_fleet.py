@@ -31,6 +31,7 @@ from haystack_integrations.generators.hugging_face_api._fleet import FleetStatus
 from haystack_integrations.generators.hugging_face_api.cli import BarNotes, fleet_figures, main, scale_up_progress
 from tests.fakes import FakeHub, FakeRouter, FakeTGI
 from tests.helpers import TEXT, posts
+from tests.test_cli_batch import run_scheduler
 
 PACKAGE_LOGGER = "haystack_integrations.generators.hugging_face_api"
 #: More than any test sends at once: the fakes then count the generations in flight (`most_in_flight`).
@@ -381,3 +382,12 @@ def test_the_command_as_the_fleet_benchmark_runs_it(tmp_path: Path) -> None:
         for server in servers:
             server.stop()
     answered_once(read_records(output), 80)
+
+
+def test_memory_with_auto_is_bounded_by_the_prompts_started_not_the_file(tmp_path: Path) -> None:
+    """auto starts up to 1024 prompts: 60k prompts hold no more memory than 12k (see test_cli_batch.py)."""
+    small, small_most, small_written = run_scheduler(tmp_path, 12_000, cli._AUTO_STARTED)
+    large, large_most, large_written = run_scheduler(tmp_path, 60_000, cli._AUTO_STARTED)
+    assert (small_written, large_written) == (12_000, 60_000)
+    assert small_most == large_most == 1024
+    assert large - small < 2_000, (small, large)  # a task or record kept per prompt would be >= 48k blocks more
