@@ -20,6 +20,7 @@ import pytest
 from haystack import Pipeline
 
 from haystack_integrations.generators.hugging_face_api import (
+    APIConnectionError,
     HuggingFaceAPIGenerator,
     IncompleteStreamError,
     OverloadedError,
@@ -137,6 +138,22 @@ def test_a_replica_dead_at_warm_up_does_not_fail_it_but_all_dead_does(replicas: 
         server.stop()
     with pytest.raises(Exception, match="could not connect"):
         fleet_of(replicas).warm_up()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_when_every_replica_is_dead_calls_fail_on_their_retry_budget_not_after_the_cooldowns(
+    replicas: list[FakeTGI], mode: str
+) -> None:
+    generator = fleet_of(replicas, max_retries=2)
+    generator.warm_up()
+    for server in replicas:
+        server.stop()
+    results = many(generator, mode, 6)
+    assert all(isinstance(r, APIConnectionError) for r in results), results
+    fleet = generator._connection.core.fleet
+    assert fleet is not None and fleet.all_out
+    # Each call made its three attempts (some on left-out replicas), as it would against a lone dead server.
+    assert sum(r.unreachable for r in fleet.replicas) == 6 * 3
 
 
 def test_a_replica_comes_back_after_its_cooldown(monkeypatch: pytest.MonkeyPatch, replicas: list[FakeTGI]) -> None:
@@ -371,6 +388,7 @@ def test_replicas_admission_and_fallback_round_trip_through_yaml(replicas: list[
     [
         ([], r"api_params\['url'\] is an empty list"),
         (["http://127.0.0.1:1", "http://127.0.0.1:1/"], r"api_params\['url'\]\[1\] repeats"),
+        (["http://127.0.0.1:1", "http://127.0.0.1:1/v1"], r"api_params\['url'\]\[1\] repeats"),
         (["http://127.0.0.1:1", "ftp://x"], r"api_params\['url'\]\[1\] must be an http"),
     ],
 )

@@ -256,6 +256,12 @@ def parse_api_params(api_type: HFGenerationAPIType, api_params: Any) -> APISetti
     )
 
 
+def server_base_url(url: str) -> str:
+    """The server's root: the configured URL without a trailing `/` or `/v1`."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
 def _server_urls(value: Any) -> tuple[str, ...]:
     """`api_params["url"]`: one server (a string), or the replicas of one (a list of strings); () when unset."""
     if value is None or isinstance(value, str):
@@ -278,7 +284,7 @@ def _server_urls(value: Any) -> tuple[str, ...]:
             raise TypeError(f"{name} must be a server URL (a non-empty string), got {item!r}")
         url = item.strip()
         check_server_url(url, name)
-        if url.rstrip("/") in (seen.rstrip("/") for seen in urls):
+        if server_base_url(url) in (server_base_url(seen) for seen in urls):
             raise ValueError(f"{name} repeats {url!r}: each replica once (a replica's share comes from its speed)")
         urls.append(url)
     return tuple(urls)

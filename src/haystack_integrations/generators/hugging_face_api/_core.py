@@ -37,7 +37,7 @@ from haystack.dataclasses import ComponentInfo
 from haystack.utils import Secret
 
 from ._auth import Credentials, origin_of, withheld_variable
-from ._config import APISettings, HFGenerationAPIType
+from ._config import APISettings, HFGenerationAPIType, server_base_url
 from ._engines import requests_for_replies
 from ._exchange import Exchange
 from ._fleet import Fleet, Lease, Outcome, Replica
@@ -59,7 +59,6 @@ from ._routing import (
     hub_url,
     resolve_provider_route,
     resolve_url_route,
-    server_base_url,
 )
 from .errors import (
     APIConnectionError,
@@ -461,6 +460,12 @@ class ClientCore:
                 while lease is None:
                     if fallback is not None and fleet.cannot_serve:
                         return (yield from self._on_fallback(fallback._replies(request, *call)))
+                    if fleet.all_out:
+                        # Every replica left out, and no fallback: waiting out cooldowns would only delay the
+                        # failure. The call tries one anyway, on its retry budget, as it would a lone server.
+                        lease = fleet.acquire(avoid, despite_health=True)
+                        if lease is not None:
+                            break
                     lease = yield WaitForSlot(fleet, avoid)
             base = lease.replica.base_url if lease is not None else None
             exchange: Exchange | None = None

@@ -115,12 +115,15 @@ class Replica:
     decreased_at: float = field(default=float("-inf"), repr=False)
     left_out_at: float = field(default=float("-inf"), repr=False)
 
-    def slots(self, now: float, admission: Admission) -> float:
-        """How many more requests it may take now (0 when closed, out, or full)."""
-        if now < self.out_until or now < self.closed_until:
+    def slots(self, now: float, admission: Admission, despite_health: bool = False) -> float:
+        """How many more requests it may take now (0 when closed, out, or full; out counts as open `despite_health`)."""
+        if now < self.closed_until:
             return 0.0
-        if self.on_probation:
-            return 1.0 - self.in_flight
+        if not despite_health:
+            if now < self.out_until:
+                return 0.0
+            if self.on_probation:
+                return 1.0 - self.in_flight
         if admission.mode == "off":
             return float("inf")
         limit = admission.fixed if admission.mode == "fixed" else self.limit
@@ -176,23 +179,26 @@ class Fleet:
 
     # --- taking and giving back slots ------------------------------------------------------------------
 
-    def acquire(self, avoid: Replica | None = None, waiter: Callable[[], None] | None = None) -> Lease | None:
+    def acquire(
+        self, avoid: Replica | None = None, waiter: Callable[[], None] | None = None, *, despite_health: bool = False
+    ) -> Lease | None:
         """
         A slot on the better of two random replicas that have one (preferring any but `avoid`, the replica
         that just failed this request); None when every replica is full, closed or out: then wait. `waiter`
         is then queued (as by `wait`) in the same step, so that no slot can free unseen in between.
+        `despite_health`: left-out replicas count as open (every one is out, and there is no fallback).
         """
         now = self._clock()
         with self._lock:
             replicas = self.replicas
             if len(replicas) == 1:  # the common case: no choice to make
                 replica = replicas[0]
-                if replica.slots(now, self.admission) < 1:
+                if replica.slots(now, self.admission, despite_health) < 1:
                     if waiter is not None:
                         self._waiters.append(waiter)
                     return None
             else:
-                open_ = [r for r in replicas if r.slots(now, self.admission) >= 1]
+                open_ = [r for r in replicas if r.slots(now, self.admission, despite_health) >= 1]
                 if len(open_) > 1 and avoid is not None and avoid in open_:
                     open_.remove(avoid)
                 if not open_:
@@ -306,6 +312,13 @@ class Fleet:
                 until for replica in self.replicas for until in (replica.out_until, replica.closed_until) if until > now
             ]
         return min(opening) - now if opening else None
+
+    @property
+    def all_out(self) -> bool:
+        """Whether every replica is left out for a cooldown."""
+        now = self._clock()
+        with self._lock:
+            return all(now < replica.out_until for replica in self.replicas)
 
     @property
     def cannot_serve(self) -> bool:

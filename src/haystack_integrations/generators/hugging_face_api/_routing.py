@@ -57,12 +57,6 @@ def router_url() -> str:
     return (os.environ.get("HF_ROUTER_URL") or DEFAULT_ROUTER_URL).rstrip("/")
 
 
-def server_base_url(url: str) -> str:
-    """The server's root: the configured URL without a trailing `/` or `/v1`."""
-    url = url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
-
-
 @dataclass(frozen=True, slots=True)
 class Probe:
     """A GET request that a decision needs."""

@@ -43,9 +43,8 @@ from haystack.dataclasses import StreamingChunk
 from haystack.utils import Secret
 
 from ._auth import AMBIENT_TOKEN_VARS, Credentials, chosen_env_var, origin_of, source_of, withheld_variable
-from ._config import HFGenerationAPIType, check_generation_kwargs, check_server_url, parse_grammar
+from ._config import HFGenerationAPIType, check_generation_kwargs, check_server_url, parse_grammar, server_base_url
 from ._fleet import Fleet, FleetStatus
-from ._routing import server_base_url
 from .errors import (
     APIConnectionError,
     APIStatusError,
