@@ -49,7 +49,7 @@ INFO = {
     "model_id": MODEL_ID,
     "model_sha": "0123456789abcdef0123456789abcdef01234567",
     "model_pipeline_tag": "text-generation",
-    "max_concurrent_requests": 128,
+    "max_concurrent_requests": 1024,  # what this fake serves at once (256 in flight): clients may trust it
     "max_best_of": 2,
     "max_stop_sequences": 4,
     "max_input_tokens": 4095,

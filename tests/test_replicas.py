@@ -360,6 +360,38 @@ def test_the_fallback_answers_while_an_inference_endpoint_scales_up() -> None:
         assert generator.run("q")["meta"][0]["backend"] == "primary"
 
 
+def test_the_fallback_answers_an_endpoint_asleep_before_its_route_is_known() -> None:
+    with FakeTGI() as endpoint, FakeTGI() as fallback:
+        endpoint.faults_for("GET", "/info").append(Fault.unavailable(retry_after=5))  # scaled to zero: the probe
+        generator = with_fallback(endpoint.url, fallback, "inference_endpoints")
+        result = generator.run("q")  # no warm-up: the first call finds it asleep
+        assert result["meta"][0]["backend"] == "fallback" and posts(endpoint) == 0
+
+
+def test_warm_up_does_not_fail_a_pipeline_whose_fallback_can_answer() -> None:
+    with FakeTGI() as primary, FakeTGI() as fallback:
+        primary.stop()
+        pipeline = Pipeline()
+        pipeline.add_component("llm", with_fallback(primary.url, fallback))
+        result = pipeline.run({"llm": {"prompt": "q"}})  # Pipeline.run warms up first
+        assert result["llm"]["meta"][0]["backend"] == "fallback"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_callers_queued_for_a_slot_end_when_every_replica_dies(replicas: list[FakeTGI], mode: str) -> None:
+    for server in replicas:
+        server.token_delay = 0.05
+    generator = fleet_of(replicas, admission=1, max_retries=1)
+    generator.warm_up()
+    stopper = threading.Timer(0.2, lambda: [server.stop() for server in replicas])  # 3 in flight, 6 queued
+    stopper.start()
+    started = time.monotonic()
+    results = many(generator, mode, 9)
+    stopper.join()
+    assert all(isinstance(r, Exception) for r in results[3:]), results  # queued: failed, not left waiting
+    assert time.monotonic() - started < 30  # a liveness guard: ended by retries and timeouts, not cooldowns
+
+
 def test_a_fallback_never_takes_over_a_stream_that_delivered_text() -> None:
     with FakeTGI() as primary, FakeTGI() as fallback:
         primary.faults.append(Fault.reset(after_events=2))

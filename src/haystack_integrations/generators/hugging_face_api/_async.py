@@ -206,9 +206,12 @@ class AsyncClient:
         core = self._core
         failures: list[HuggingFaceAPIError] = []
         for base in core.keys:
+            if not core.needs_warm_up(base):
+                continue
             try:
                 await self.route(core, base)
             except HuggingFaceAPIError as error:
+                core.unreachable_at_warm_up(base)
                 failures.append(error)
         core.warmed_up(failures)
 
@@ -397,7 +400,7 @@ async def _wait_for_slot(effect: WaitForSlot) -> Lease | None:
     lease = fleet.acquire(effect.avoid, wake)
     if lease is None:
         try:
-            done, _ = await asyncio.wait((woken,), timeout=fleet.next_change())
+            done, _ = await asyncio.wait((woken,), timeout=fleet.wait_timeout())
         except BaseException:  # cancelled: a wake it received passes on to the next waiter
             fleet.forget(wake)
             raise

@@ -214,6 +214,9 @@ def _merge_headers(base: dict[str, str], winners: Mapping[str, str]) -> dict[str
     return {**{name: value for name, value in base.items() if name.lower() not in taken}, **winners}
 
 
+#: The token of a fallback backend: the Hugging Face variables, as a generator's default token.
+FALLBACK_TOKEN = Secret.from_env_var(["HF_API_TOKEN", "HF_TOKEN"], strict=False)
+
 #: How long a call that a replica refused for overload keeps waiting for admission, without using up
 #: `max_retries`: overload is the fleet's to absorb, not the caller's retry budget; past this, it is.
 OVERLOAD_PATIENCE = 60.0
@@ -250,15 +253,18 @@ class ClientCore:
         self._token = token
         self._credentials: Credentials | None = None
         self._targets: dict[str, _Target] = {}  # per server base URL
-        self.fallback = None if settings.fallback is None else ClientCore(settings.fallback, token)
+        # The fallback is (usually) Hugging Face's: it gets the Hugging Face token variables, never a token
+        # meant for the primary's own server.
+        self.fallback = None if settings.fallback is None else ClientCore(settings.fallback, FALLBACK_TOKEN)
         # With a fallback, an Inference Endpoint's scale-up is not waited for: the fallback answers meanwhile.
         scale_up_timeout = settings.scale_up_timeout if self.fallback is None else 0.0
         self.policy = RetryPolicy(max_retries=settings.max_retries, scale_up_timeout=scale_up_timeout)
         self.bases = tuple(server_base_url(url) for url in settings.urls)
         self.fleet = Fleet(self.bases, settings.admission, spare=self.fallback is not None) if self.bases else None
-        # Among replicas, a probe that fails is not retried on that replica: the call moves on to another.
-        several = len(self.bases) > 1
-        self._probe_policy = RetryPolicy(max_retries=0) if several else self.policy
+        # Among replicas, or with a fallback, a probe that fails is not retried on that server: the call moves
+        # on to another replica, or to the fallback.
+        elsewhere = len(self.bases) > 1 or self.fallback is not None
+        self._probe_policy = RetryPolicy(max_retries=0) if elsewhere else self.policy
         self._routes: dict[str | None, _RouteState] = {base: _RouteState() for base in self.bases or (None,)}
         timeout = settings.timeout
         self._connect, self._read = timeout.connect, timeout.read
@@ -291,10 +297,24 @@ class ClientCore:
         """
         if not failures:
             return
-        if len(failures) == len(self.keys):
+        if len(failures) == len(self.keys) and self.fallback is None:
             raise failures[0]
         for failure in failures:
-            logger.warning("A replica could not be reached at warm-up; calls use the others: %s", failure.message)
+            logger.warning("A server could not be reached at warm-up; calls go elsewhere: %s", failure.message)
+
+    def needs_warm_up(self, base: str | None) -> bool:
+        """Whether warm-up resolves `base`'s route: not known yet, and not left out (calls resolve it later)."""
+        if self._routes[base].route is not None:
+            return False
+        return (
+            self.fleet is None
+            or base is None
+            or self.fleet.replica(base).slots(time.monotonic(), self.fleet.admission) > 0
+        )
+
+    def unreachable_at_warm_up(self, base: str | None) -> None:
+        if self.fleet is not None and base is not None:
+            self.fleet.mark_unreachable(base)
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -510,7 +530,7 @@ class ClientCore:
                 if isinstance(error, AuthenticationError) and http is not None:
                     self._explain_refusal(error, http)
                 error.redact(self.redact)  # before it is logged or raised: servers echo what they received
-                outcome = self._outcome(error, exchange, http)
+                outcome = self._outcome(error, exchange, base)
                 if lease is not None:
                     fleet.release(lease, outcome, retry_after=error.retry_after or 0.0)  # type: ignore[union-attr]
                     avoid, lease = lease.replica, None
@@ -585,13 +605,13 @@ class ClientCore:
             meta["backend"] = "fallback"
         return texts, metas
 
-    def _outcome(self, error: HuggingFaceAPIError, exchange: Exchange | None, http: Request | None) -> Outcome:
-        """What a failed attempt says of its replica (see `_fleet.Outcome`)."""
+    def _outcome(self, error: HuggingFaceAPIError, exchange: Exchange | None, base: str | None) -> Outcome:
+        """What a failed attempt (its route's resolution, or its `exchange`) says of its replica (`_fleet.Outcome`)."""
         status = error.status_code
         if isinstance(error, OverloadedError):
             return Outcome.OVERLOADED
         if status == 503 or isinstance(error, EndpointPausedError):
-            endpoint = http is not None and http.endpoint
+            endpoint = base is not None and self._target(base).endpoint
             if endpoint or isinstance(error, EndpointPausedError):
                 # An Inference Endpoint scaling up from zero, or paused: asleep, not failing or busy.
                 return Outcome.ASLEEP if self.fallback is not None else Outcome.UNKNOWN

@@ -57,9 +57,10 @@ class Outcome(Enum):
     UNKNOWN = "unknown"
 
 
-#: The limit of an adaptive replica before it says anything of its capacity: large enough that a single call,
-#: or a handful, never waits.
-INITIAL_LIMIT = 64.0
+#: The limit of an adaptive replica before it says anything of its capacity: generous (as if off), so that the
+#: client never limits an engine that serves hundreds at once; the first refusals bring it to what the replica
+#: held then, and TGI's `/info` to what it says it takes.
+INITIAL_LIMIT = 1024.0
 MIN_LIMIT = 1.0
 MAX_LIMIT = 1024.0
 DECREASE = 0.7
@@ -68,6 +69,8 @@ LATENCY_TOLERANCE = 2.0
 FAILURES_BEFORE_COOLDOWN = 3
 COOLDOWN = 2.0
 MAX_COOLDOWN = 60.0
+#: The longest a caller waits for a slot before it looks again by itself (a safety net: waiters are woken).
+RECHECK = 1.0
 #: How long a sleeping replica is left alone (unless it says, with Retry-After) before it is asked again.
 WAKE_RECHECK = 10.0
 
@@ -235,7 +238,12 @@ class Fleet:
             elif outcome is Outcome.ASLEEP:
                 replica.closed_until = max(replica.closed_until, now + (retry_after or WAKE_RECHECK))
                 logger.info("Replica %s is asleep (scaling up or paused); asked again in a while", replica.base_url)
-            woken = self._take_waiters(now)
+            if now < replica.out_until or now < replica.closed_until:
+                # Fewer replicas to wait for: every waiter looks again (for another replica, or the fallback),
+                # and its next wait ends when one opens (`next_change`).
+                woken, self._waiters = list(self._waiters), deque()
+            else:
+                woken = self._take_waiters(now)
         for wake in woken:  # outside the lock: a woken thread takes its slot at once
             wake()
 
@@ -304,6 +312,23 @@ class Fleet:
         for wake in woken:
             wake()
 
+    def wait_timeout(self) -> float:
+        """How long a waiter waits before it looks again by itself: until a replica opens, and never long."""
+        change = self.next_change()
+        return RECHECK if change is None else min(change, RECHECK)
+
+    def is_open(self, base_url: str) -> bool:
+        """Whether the replica at `base_url` is neither left out nor closed."""
+        replica, now = self.replica(base_url), self._clock()
+        return now >= replica.out_until and now >= replica.closed_until
+
+    def mark_unreachable(self, base_url: str) -> None:
+        """A replica that could not be reached outside a request (at warm-up): left out, as a request would."""
+        replica, now = self.replica(base_url), self._clock()
+        with self._lock:
+            replica.unreachable += 1
+            self._left_out(replica, Lease(replica, now), now, "cannot be reached")
+
     def next_change(self) -> float | None:
         """Seconds until a closed or left-out replica opens again (a waiter rechecks then), if any is."""
         now = self._clock()
@@ -350,6 +375,7 @@ class Fleet:
         if replica.on_probation:
             replica.on_probation = False
             replica.cooldowns = 0
+            replica.out_until = 0.0  # answered while left out (every replica was): it serves again
             logger.info("Replica %s answers again", replica.base_url)
         if self.admission.mode != "adaptive":
             return

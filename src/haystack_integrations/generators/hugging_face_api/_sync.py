@@ -236,9 +236,12 @@ class SyncClient:
         core = self._core
         failures: list[HuggingFaceAPIError] = []
         for base in core.keys:
+            if not core.needs_warm_up(base):
+                continue
             try:
                 self.route(core, base)
             except HuggingFaceAPIError as error:
+                core.unreachable_at_warm_up(base)
                 failures.append(error)
         core.warmed_up(failures)
 
@@ -398,11 +401,16 @@ def _wait_for_slot(effect: WaitForSlot, abort: _Abort | None) -> Lease | None:
     fleet, woken = effect.fleet, threading.Event()
     lease = fleet.acquire(effect.avoid, woken.set)
     if lease is None:
-        timeout = fleet.next_change()
+        timeout = fleet.wait_timeout()
         if abort is not None:  # a run of a `Together` looks at its abort now and then
-            timeout = min(timeout or _ABORT_CHECK, _ABORT_CHECK)
-        if not woken.wait(timeout):
+            timeout = min(timeout, _ABORT_CHECK)
+        try:
+            if woken.wait(timeout):
+                return None
+        except BaseException:  # interrupted (Ctrl-C): its turn passes on
             fleet.forget(woken.set)
+            raise
+        fleet.forget(woken.set)
     return lease
 
 
