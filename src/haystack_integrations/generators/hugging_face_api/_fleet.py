@@ -11,18 +11,22 @@ order of arrival when a slot frees or a left-out replica's cooldown ends.
   less loaded, relative to its limit (so a replica that serves twice as fast, and so earns twice the limit,
   takes twice the requests).
 - **Admission**: each replica's limit adapts, additive increase and multiplicative decrease, in the spirit of
-  TCP Vegas and Netflix's concurrency-limits: +1 per limit's worth of successes while the time to the first
-  byte stays near its best; x0.7 when the replica refuses for overload (429, TGI's `overloaded`, a busy 503)
-  or the time to first byte climbs past twice its best. A `Retry-After` closes the replica to new requests
+  TCP Vegas and Netflix's concurrency-limits. It starts generous (`INITIAL_LIMIT`: the client never caps an
+  engine that serves hundreds); +1 per limit's worth of successes while the time to the first byte stays near
+  its best; when the replica refuses for overload (429, TGI's `overloaded`, a busy 503), down to what it held
+  of ours at that moment, and x0.7 once per round; x0.7 too when the time to first byte climbs past twice its
+  best. A `Retry-After` closes the replica to new requests
   until then. What the server says of its own capacity bounds the limit, and seeds it: TGI's `max_batch_size`
   when set (more in flight only queues in the server, and a queue there cannot move to a replica that frees
   up sooner), else its `max_concurrent_requests`. The latency signal is read on streams only (a one-piece
   answer's first byte is its whole generation). A limit given as a number is fixed; `"off"` admits
   everything (the server refuses what it must).
-- **Health**: a replica that cannot be reached (a connect failure, a reset before any byte) or that answers
-  500/502/504 three times in a row is left out for a cooldown (2 s, doubling up to 60 s while it keeps
-  failing), then tried with one request at a time until one succeeds. Overload is not failure: an overloaded
-  replica keeps serving, at a lower limit. No request is ever sent only to check health.
+- **Health**: a replica that cannot be reached (a connect failure, a reset before any byte) or that fails
+  three times in a row (500/502/504, a broken answer) is left out for a cooldown (2 s, doubling up to 60 s
+  while it keeps failing; the requests it had in flight when it died count once), then tried with one request
+  at a time until one succeeds. A lone replica without a fallback is never left out. Overload is not failure:
+  an overloaded replica keeps serving, at a lower limit. No request is ever sent only to check health.
+  Waiters look again when a replica is left out or closed, and at least every `RECHECK` seconds.
 """
 
 from __future__ import annotations
